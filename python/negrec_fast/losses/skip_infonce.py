@@ -1,0 +1,88 @@
+"""Skip-informed InfoNCE (reference): pull an anchor towards the next kept track of its
+session and push it away from the tracks that session skipped.
+
+For session ``b`` and position ``i``:
+
+- ``i`` is an *anchor* when it is a kept play (not padding, not skipped), a later kept play
+  exists in the same session (the first such ``j`` is the *positive*), and the session has
+  at least one skipped play. Other positions contribute nothing: there is no fallback to
+  position 0 when no positive exists.
+- The *negatives* are all skipped plays of the **same** session ``b`` (never another
+  session's), except those whose item equals the positive's item (an accidental hit).
+  Padding is in neither numerator nor denominator.
+- ``s(u, v) = cos(u, v) / temperature`` and
+  ``loss_i = -log(exp(s(a_i, c_j)) / (exp(s(a_i, c_j)) + sum_neg exp(s(a_i, c_neg))))``
+  with ``a = anchors`` and ``c = candidates`` (defaults to the anchors' tensor, e.g. item
+  embeddings or encoder outputs).
+
+The Triton kernel in ``negrec_fast.kernels.skip_infonce`` must match this function.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from negrec_fast.losses._reduce import reduce_rows
+
+
+def next_kept_index(kept: Tensor) -> Tensor:
+    """``[B, L]`` index of the first kept position strictly after each position, or -1."""
+    b, length = kept.shape
+    positions = torch.arange(length, device=kept.device).expand(b, length)
+    sentinel = torch.full_like(positions, length)
+    idx = torch.where(kept, positions, sentinel)
+    # suffix minimum over positions > i: shift left by one, then reverse cumulative min
+    shifted = torch.cat([idx[:, 1:], sentinel[:, :1]], dim=1)
+    suffix_min = shifted.flip(1).cummin(dim=1).values.flip(1)
+    return torch.where(suffix_min < length, suffix_min, torch.full_like(suffix_min, -1))
+
+
+def skip_infonce_loss(
+    anchors: Tensor,
+    items: Tensor,
+    skips: Tensor,
+    *,
+    candidates: Tensor | None = None,
+    temperature: float = 0.1,
+    pad_index: int = 0,
+    reduction: str = "mean",
+) -> Tensor:
+    """Skip-informed InfoNCE over ``[B, L]`` sessions.
+
+    Args:
+        anchors: ``[B, L, d]`` context at each position.
+        items: ``[B, L]`` item ids (``pad_index`` = padding).
+        skips: ``[B, L]`` bool, True where the play was skipped.
+        candidates: ``[B, L, d]`` vectors of positives/negatives; defaults to ``anchors``.
+        temperature: cosine similarities are divided by it.
+        reduction: ``"mean"`` over anchors, ``"sum"``, or ``"none"`` (``[B, L]``).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if candidates is None:
+        candidates = anchors
+    real = items != pad_index
+    skipped = real & skips.bool()
+    kept = real & ~skips.bool()
+    nxt = next_kept_index(kept)
+    has_pos = nxt >= 0
+    has_neg = skipped.any(dim=1, keepdim=True)
+    is_anchor = kept & has_pos & has_neg  # [B, L]
+
+    a = F.normalize(anchors.float(), dim=-1, eps=1e-8)
+    c = F.normalize(candidates.float(), dim=-1, eps=1e-8)
+    sim = torch.einsum("bid,bjd->bij", a, c) / temperature  # [B, L, L]
+
+    pos_idx = nxt.clamp(min=0)
+    pos_logit = sim.gather(2, pos_idx.unsqueeze(-1)).squeeze(-1)  # [B, L]
+    pos_item = items.gather(1, pos_idx)  # [B, L]
+    neg_mask = skipped[:, None, :] & (items[:, None, :] != pos_item[:, :, None])  # [B, L, L]
+    neg_logits = sim.masked_fill(~neg_mask, float("-inf"))
+    logits = torch.cat([pos_logit.unsqueeze(-1), neg_logits], dim=-1)  # [B, L, 1+L]
+    per_pos = torch.logsumexp(logits, dim=-1) - pos_logit
+    per_pos = torch.where(is_anchor, per_pos, per_pos.new_zeros(()))
+    if reduction == "none":
+        return per_pos
+    return reduce_rows(per_pos.flatten(), is_anchor.flatten(), reduction)
