@@ -1,0 +1,1 @@
+"""Triton fused losses. Each op module holds kernels, host functions and an autograd wrapper."""
