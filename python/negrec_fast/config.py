@@ -1,0 +1,270 @@
+"""Training configuration: typed sections, TOML loading, ``key=value`` overrides, validation.
+
+Every key has a default, so ``negrec-fast train`` with no arguments trains SASRec with the
+skip-InfoNCE term on the bundled synthetic data. Invalid configs fail before any work,
+naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from negrec_fast.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class DataConfig:
+    path: str = "synthetic"  # processed dataset folder (`negrec-fast prepare`), or "synthetic"
+    synthetic_sessions: int = 20_000  # size of the bundled synthetic dataset
+    synthetic_items: int = 5_000
+    synthetic_seed: int = 0
+    max_len: int = 20  # input plays per sequence
+
+
+@dataclass
+class ModelConfig:
+    name: str = "sasrec"
+    d_model: int = 128
+    n_heads: int = 8
+    n_layers: int = 2
+    d_ff: int = 128
+    dropout: float = 0.2
+    norm_first: bool = False
+    mask_prob: float = 0.2  # BERT4Rec masking probability
+
+
+@dataclass
+class LossConfig:
+    rec: str = "sampled_softmax"  # main loss: sampled_softmax | full_softmax | bce | gbce
+    skipped_targets: str = "ignore"  # "ignore": only kept plays are positives; "include": all plays
+    n_negatives: int = 1000  # K shared sampled negatives per batch
+    sampling: str = "uniform"  # or "popularity" (count^alpha)
+    alpha: float = 0.75
+    logq: bool = False  # logQ correction of sampled logits
+    temperature: float = 1.0
+    gbce_t: float = 0.75
+    nce_weight: float = 0.1  # lambda of the skip-InfoNCE term; 0 disables it
+    nce_temperature: float = 0.1
+    nce_context: str = "embedding"  # "embedding" (item embeddings) or "encoder" (encoder outputs)
+    backend: str = "auto"  # "auto" = Triton on GPU, reference on CPU; or "triton" / "torch"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    bf16: bool = True  # bf16 autocast when on GPU
+    early_stopping_metric: str = "NDCG@10"
+    patience: int = 3  # epochs without improvement before stopping; 0 disables
+    checkpoint_every: int = 0  # also save `last.pt` every N batches mid-epoch; 0 = per epoch only
+    max_steps: int = 0  # stop (resumably) after N optimizer steps in this invocation; 0 = no limit
+    prefetch: int = 4
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
+    batch_size: int = 512
+    exclude_seen: bool = False  # never rank items already in the input session
+    sampled_candidates: int = 0  # 0 = full-catalogue ranking; N = N sampled negatives per target
+    seed: int = 0
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs"  # parent folder of run folders
+    name: str = ""  # run folder name; empty = model name + timestamp
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Config:
+        """Build and validate a config from nested ``{section: {key: value}}``."""
+        config = cls()
+        for section_name, values in raw.items():
+            section = _section(config, section_name)
+            if not isinstance(values, dict):
+                raise ConfigError(f"[{section_name}] must be a table of keys, got {values!r}")
+            for key, value in values.items():
+                _set(section, f"{section_name}.{key}", key, value)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Check values that types alone cannot: ranges, choices, compatibility."""
+        _choice("model.name", self.model.name, ("sasrec", "bert4rec", "gru4rec"))
+        _choice("loss.rec", self.loss.rec, ("sampled_softmax", "full_softmax", "bce", "gbce"))
+        _choice("loss.skipped_targets", self.loss.skipped_targets, ("ignore", "include"))
+        _choice("loss.sampling", self.loss.sampling, ("uniform", "popularity"))
+        _choice("loss.nce_context", self.loss.nce_context, ("embedding", "encoder"))
+        _choice("loss.backend", self.loss.backend, ("auto", "triton", "torch"))
+        _positive("data.max_len", self.data.max_len)
+        _positive("data.synthetic_sessions", self.data.synthetic_sessions)
+        _positive("data.synthetic_items", self.data.synthetic_items)
+        for key in ("d_model", "n_heads", "n_layers", "d_ff"):
+            _positive(f"model.{key}", getattr(self.model, key))
+        if self.model.d_model % self.model.n_heads:
+            raise ConfigError(
+                f"model.d_model ({self.model.d_model}) must be divisible by model.n_heads ({self.model.n_heads})"
+            )
+        _unit_interval("model.dropout", self.model.dropout, closed_right=False)
+        _unit_interval("model.mask_prob", self.model.mask_prob, closed_right=True)
+        _positive("loss.n_negatives", self.loss.n_negatives)
+        _positive("loss.temperature", self.loss.temperature)
+        _positive("loss.nce_temperature", self.loss.nce_temperature)
+        _non_negative("loss.nce_weight", self.loss.nce_weight)
+        _unit_interval("loss.gbce_t", self.loss.gbce_t, closed_right=True)
+        _positive("train.epochs", self.train.epochs)
+        _positive("train.batch_size", self.train.batch_size)
+        _positive("train.lr", self.train.lr)
+        for key in ("weight_decay", "grad_clip", "patience", "checkpoint_every", "max_steps", "prefetch"):
+            _non_negative(f"train.{key}", getattr(self.train, key))
+        if not self.eval.ks or any(k < 1 for k in self.eval.ks):
+            raise ConfigError(f"eval.ks must be a non-empty list of positive integers, got {self.eval.ks}")
+        _positive("eval.batch_size", self.eval.batch_size)
+        _non_negative("eval.sampled_candidates", self.eval.sampled_candidates)
+        metric, _, k = self.train.early_stopping_metric.partition("@")
+        if metric not in ("HR", "NDCG", "MRR") or not k.isdigit() or int(k) not in self.eval.ks:
+            raise ConfigError(
+                f"train.early_stopping_metric must be HR@K, NDCG@K or MRR@K with K in eval.ks "
+                f"{self.eval.ks}, got {self.train.early_stopping_metric!r}"
+            )
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the TOML file (if any), then ``section.key=value`` overrides."""
+    raw: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    return Config.from_dict(apply_overrides(raw, overrides))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """A copy of the nested ``raw`` dict with ``section.key=value`` overrides applied."""
+    out = {section: dict(values) if isinstance(values, dict) else values for section, values in raw.items()}
+    for item in overrides:
+        dotted, sep, text = item.partition("=")
+        section, dot, key = dotted.strip().partition(".")
+        if not sep or not dot or not key:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.epochs=5")
+        target = out.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"[{section}] must be a table of keys, got {target!r}")
+        target[key] = _parse_value(text.strip())
+    return out
+
+
+def to_toml(config: Config) -> str:
+    """Serialise the resolved config as TOML (flat sections of scalars and lists)."""
+    lines: list[str] = []
+    for section, values in config.to_dict().items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML value (``5``, ``0.1``, ``true``, ``[1, 10]``, ``"x"``); a bare word is a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _section(config: Config, name: str) -> Any:
+    names = [f.name for f in fields(config)]
+    if name not in names:
+        raise ConfigError(f"unknown config section [{name}]; allowed sections: {', '.join(names)}")
+    return getattr(config, name)
+
+
+def _set(section: Any, dotted: str, key: str, value: Any) -> None:
+    hints = get_type_hints(type(section))
+    if key not in hints:
+        allowed = ", ".join(f.name for f in fields(section))
+        raise ConfigError(f"unknown config key {dotted!r}; allowed keys: {allowed}")
+    expected = hints[key]
+    if get_origin(expected) is list:
+        (item_type,) = get_args(expected)
+        if not isinstance(value, list) or not all(_is_instance(v, item_type) for v in value):
+            raise ConfigError(f"{dotted} must be a list of {item_type.__name__}, got {value!r}")
+        value = [item_type(v) for v in value]
+    elif not _is_instance(value, expected):
+        raise ConfigError(f"{dotted} must be {expected.__name__}, got {type(value).__name__} {value!r}")
+    elif expected is float:
+        value = float(value)
+    setattr(section, key, value)
+
+
+def _is_instance(value: Any, expected: type) -> bool:
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{key} must be > 0, got {value!r}")
+
+
+def _non_negative(key: str, value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"{key} must be >= 0, got {value!r}")
+
+
+def _unit_interval(key: str, value: float, *, closed_right: bool) -> None:
+    ok = 0 <= value <= 1 if closed_right else 0 <= value < 1
+    if not ok:
+        raise ConfigError(f"{key} must be in [0, 1{']' if closed_right else ')'}, got {value!r}")

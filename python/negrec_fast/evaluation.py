@@ -1,0 +1,179 @@
+"""Evaluation: full-catalogue ranking of held-out plays, with skip down-ranking.
+
+For every session with a target in the split, the model reads the plays before the target
+(the last ``max_len`` of them) and scores the whole catalogue (reserved ids never rank).
+
+- The *kept* target (the split's target play) gives HR@K, NDCG@K and MRR@K.
+- The *held-out skipped* tracks (skipped plays from the target up to the next split
+  boundary, see docs/design.md) are ranked against the same scores: ``skip_MRR@10`` is their
+  MRR@10 (lower is better: skipped tracks should be ranked down), and ``HR@10_kept``,
+  ``HR@10_skipped`` and ``HR@10_gap`` compare hit rates of kept and skipped held-out tracks.
+  Each held-out track carries its own skip flag; nothing is read from the last input.
+- ``exclude_seen`` never ranks items of the input session, except the held-out track itself.
+- ``sampled_candidates = N`` ranks each held-out track against N negatives fixed by seed
+  instead of the whole catalogue (only on explicit request: sampled metrics mislead).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from negrec_fast.config import EvalConfig
+from negrec_fast.metrics import hit_rate, mrr, ndcg
+
+SKIP_K = 10
+
+
+@dataclass
+class EvalExamples:
+    """Held-out examples of one split, as numpy arrays."""
+
+    inputs: np.ndarray  # int64 [E, max_len], left-padded
+    targets: np.ndarray  # int64 [E] kept target item
+    skipped_example: np.ndarray  # int64 [M] example index of each held-out skipped track
+    skipped_items: np.ndarray  # int64 [M] item of each held-out skipped track
+    sessions: np.ndarray  # int64 [E] session index
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+def build_examples(dataset, split: str, max_len: int) -> EvalExamples:
+    """Examples of ``split`` ("valid" or "test") from a processed dataset (vectorised)."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    pos_all = np.asarray(dataset.valid_target if split == "valid" else dataset.test_target, dtype=np.int64)
+    sessions = np.nonzero(pos_all >= 1)[0]
+    offsets = np.asarray(dataset.offsets, dtype=np.int64)
+    items = np.asarray(dataset.items)
+    skips = np.asarray(dataset.skips)
+    starts = offsets[sessions]
+    pos = pos_all[sessions]
+    lengths = offsets[sessions + 1] - starts
+
+    cols = np.arange(max_len)
+    first_real = max_len - np.minimum(pos, max_len)
+    src = starts[:, None] + pos[:, None] - max_len + cols[None, :]
+    real = cols[None, :] >= first_real[:, None]
+    inputs = np.where(real, items[np.where(real, src, 0)], 0).astype(np.int64)
+    targets = items[starts + pos].astype(np.int64)
+
+    end = lengths.copy()
+    if split == "valid":
+        test = np.asarray(dataset.test_target, dtype=np.int64)[sessions]
+        end = np.where(test > pos, test, lengths)
+    span = end - pos
+    example = np.repeat(np.arange(len(sessions)), span)
+    within = np.arange(span.sum()) - np.repeat(np.cumsum(span) - span, span)
+    play = np.repeat(starts + pos, span) + within
+    is_skip = skips[play] != 0
+    return EvalExamples(
+        inputs=inputs,
+        targets=targets,
+        skipped_example=example[is_skip].astype(np.int64),
+        skipped_items=items[play[is_skip]].astype(np.int64),
+        sessions=sessions.astype(np.int64),
+    )
+
+
+def _ranks(
+    scores: torch.Tensor,
+    competitor_scores: torch.Tensor,
+    rows: torch.Tensor,
+    items: torch.Tensor,
+    inputs: torch.Tensor | None,
+) -> torch.Tensor:
+    """1-based rank of ``items[j]`` (its score in ``scores[rows[j]]``) among the competitors
+    ``competitor_scores[rows[j]]``; ties count in the item's favour. With ``inputs`` given, the
+    input session's items are excluded from the competitors (the ranked item never is)."""
+    own = scores[rows, items]
+    competitors = competitor_scores[rows]
+    if inputs is not None:
+        competitors = competitors.scatter(1, inputs[rows], float("-inf"))
+    return (competitors > own[:, None]).sum(dim=1) + 1
+
+
+@torch.no_grad()
+def evaluate_model(model, dataset, split: str, cfg: EvalConfig, max_len: int, device: torch.device) -> dict[str, float]:
+    """Metrics of ``model`` on ``split``: HR/NDCG/MRR@K over kept targets and skip down-ranking."""
+    examples = build_examples(dataset, split, max_len)
+    was_training = model.training
+    model.eval()
+    kept_ranks, skip_ranks = [], []
+    skip_order = np.argsort(examples.skipped_example, kind="stable")
+    skip_ex = examples.skipped_example[skip_order]
+    skip_items = examples.skipped_items[skip_order]
+    generator = torch.Generator().manual_seed(cfg.seed)
+    for lo in range(0, len(examples), cfg.batch_size):
+        hi = min(lo + cfg.batch_size, len(examples))
+        inputs = torch.from_numpy(examples.inputs[lo:hi]).to(device)
+        scores = model.score_all(model.next_query(inputs)).float()
+        competitors = scores
+        if cfg.sampled_candidates:
+            competitors = _sampled_scores(scores, cfg.sampled_candidates, generator)
+        exclude = inputs if cfg.exclude_seen else None
+        rows = torch.arange(hi - lo, device=device)
+        targets = torch.from_numpy(examples.targets[lo:hi]).to(device)
+        kept_ranks.append(_ranks(scores, competitors, rows, targets, exclude).cpu())
+        a, b = np.searchsorted(skip_ex, [lo, hi])
+        if b > a:
+            s_rows = torch.from_numpy(skip_ex[a:b] - lo).to(device)
+            s_items = torch.from_numpy(skip_items[a:b]).to(device)
+            skip_ranks.append(_ranks(scores, competitors, s_rows, s_items, exclude).cpu())
+    model.train(was_training)
+    kept = torch.cat(kept_ranks) if kept_ranks else torch.zeros(0, dtype=torch.long)
+    skipped = torch.cat(skip_ranks) if skip_ranks else torch.zeros(0, dtype=torch.long)
+    return summarize(kept, skipped, cfg.ks)
+
+
+def summarize(kept: torch.Tensor, skipped: torch.Tensor, ks) -> dict[str, float]:
+    """The metrics table from the ranks of kept targets and of held-out skipped tracks."""
+    out: dict[str, float] = {"n_targets": float(len(kept)), "n_skipped": float(len(skipped))}
+    for k in ks:
+        out[f"HR@{k}"] = hit_rate(kept, k)
+        out[f"NDCG@{k}"] = ndcg(kept, k)
+        out[f"MRR@{k}"] = mrr(kept, k)
+    out[f"skip_MRR@{SKIP_K}"] = mrr(skipped, SKIP_K) if len(skipped) else float("nan")
+    out[f"HR@{SKIP_K}_kept"] = hit_rate(kept, SKIP_K)
+    out[f"HR@{SKIP_K}_skipped"] = hit_rate(skipped, SKIP_K) if len(skipped) else float("nan")
+    out[f"HR@{SKIP_K}_gap"] = out[f"HR@{SKIP_K}_kept"] - out[f"HR@{SKIP_K}_skipped"]
+    return out
+
+
+def _sampled_scores(scores: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """Keep, per row, only ``n`` uniformly drawn catalogue items as competitors (others -inf).
+
+    Held-out items are ranked with their own unmasked score (``_ranks``).
+    """
+    b, v = scores.shape
+    keep = torch.zeros(b, v, dtype=torch.bool)
+    draws = torch.randint(2, v, (b, n), generator=generator)
+    keep.scatter_(1, draws, True)
+    keep = keep.to(scores.device)
+    return torch.where(keep, scores, torch.full_like(scores, float("-inf")))
+
+
+def evaluate(run_dir, split: str = "test", *, checkpoint: str = "best", device: str = "cpu") -> dict[str, float]:
+    """Metrics of a finished run's checkpoint on ``split``; also written to ``RUN_DIR/eval_<split>.json``."""
+    import json
+    from pathlib import Path
+
+    from negrec_fast.recommend import Recommender
+
+    rec = Recommender.load(run_dir, checkpoint=checkpoint, device=device)
+    cfg = rec.config
+    metrics = evaluate_model(rec.model, rec.dataset, split, cfg.eval, cfg.data.max_len, rec.device)
+    out = Path(run_dir) / f"eval_{split}.json"
+    out.write_text(json.dumps({"split": split, "checkpoint": checkpoint, "metrics": metrics}, indent=2) + "\n")
+    return metrics
+
+
+def format_table(metrics: dict[str, float]) -> str:
+    """Two-column text table of a metrics dict."""
+    width = max(len(k) for k in metrics)
+    return "\n".join(
+        f"{k:<{width}}  {int(v) if k.startswith('n_') else f'{v:.4f}'}" for k, v in metrics.items()
+    )

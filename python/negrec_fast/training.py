@@ -1,0 +1,391 @@
+"""The training loop and its run folder.
+
+A run folder holds ``config.toml`` (the resolved config), ``environment.json`` (versions,
+device, git commit), ``dataset.json`` (which processed dataset, with its checksum),
+``metrics.jsonl`` (one line per epoch), ``best.pt`` / ``last.pt`` checkpoints (model,
+optimizer, RNG and loader position; written atomically, loaded with ``weights_only=True``)
+and, at the end, ``test_metrics.json``. ``resume=RUN_DIR`` continues from ``last.pt``: on CPU
+with the same seed a resumed run ends with the same metrics as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from negrec_fast.checkpoint import load_checkpoint, save_checkpoint
+from negrec_fast.config import Config, apply_overrides, load_config, to_toml
+from negrec_fast.errors import ConfigError
+from negrec_fast.evaluation import evaluate_model
+from negrec_fast.objective import BatchTensors, Objective
+from negrec_fast.progress import Progress
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class RunResult:
+    """What a call of :func:`train` produced."""
+
+    run_dir: Path
+    completed: bool  # False when stopped early by train.max_steps (resumable)
+    best_epoch: int | None
+    best_valid: dict[str, float] | None
+    test: dict[str, float] | None
+    history: list[dict[str, Any]]
+
+
+def train(
+    config: Config | dict | str | Path | None = None,
+    *,
+    overrides: list[str] | tuple[str, ...] = (),
+    resume: str | Path | None = None,
+) -> RunResult:
+    """Train a model as configured; see the module docstring for the run folder.
+
+    ``config`` is a :class:`Config`, a nested dict, a TOML path or None (defaults);
+    ``overrides`` are ``section.key=value`` strings applied on top. With ``resume``, the
+    config is the run folder's own and ``config``/``overrides`` must be empty.
+    """
+    if resume is not None:
+        if config is not None or overrides:
+            raise ConfigError("resume continues a run with its own config; do not pass a config or overrides")
+        run_dir = Path(resume)
+        if not (run_dir / "last.pt").is_file():
+            raise ConfigError(f"cannot resume {run_dir}: no last.pt checkpoint in it")
+        cfg = load_config(run_dir / "config.toml")
+        checkpoint = load_checkpoint(run_dir / "last.pt")
+    else:
+        cfg = _as_config(config, overrides)
+        checkpoint = None
+    return Trainer(cfg, resume_from=checkpoint, run_dir=run_dir if resume is not None else None).fit()
+
+
+def _as_config(config: Config | dict | str | Path | None, overrides) -> Config:
+    if isinstance(config, Config):
+        config = config.to_dict()
+    if isinstance(config, dict):
+        return Config.from_dict(apply_overrides(config, overrides))
+    return load_config(config, overrides)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is {name!r} but CUDA is not available here")
+    return device
+
+
+def dataset_path(cfg: Config, *, progress: bool) -> Path:
+    """The processed dataset folder of ``[data]`` (building the bundled synthetic one if asked)."""
+    if cfg.data.path == "synthetic":
+        from negrec_fast.bundled import synthetic_dataset_path
+
+        return synthetic_dataset_path(cfg.data, progress=progress)
+    path = Path(cfg.data.path)
+    if not (path / "manifest.json").is_file():
+        raise ConfigError(
+            f"data.path {str(path)!r} is not a processed dataset folder (no manifest.json); "
+            "create one with `negrec-fast prepare`, or use data.path=synthetic"
+        )
+    return path
+
+
+def build_model_for(cfg: Config, vocab_size: int) -> torch.nn.Module:
+    from negrec_fast.models import build_model
+
+    m = cfg.model
+    options: dict[str, Any] = dict(max_len=cfg.data.max_len, d_model=m.d_model, dropout=m.dropout)
+    if m.name in ("sasrec", "bert4rec"):
+        options.update(n_heads=m.n_heads, n_layers=m.n_layers, d_ff=m.d_ff, norm_first=m.norm_first)
+    else:
+        options.update(n_layers=m.n_layers)
+    return build_model(m.name, vocab_size, **options)
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Versions, device and git commit, for the run folder."""
+    import negrec_fast
+
+    versions: dict[str, str | None] = {"python": platform.python_version(), "negrec_fast": negrec_fast.__version__}
+    for name in ("torch", "triton", "numpy", "pyarrow"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            versions[name] = None
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "versions": versions,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "git_commit": commit,
+        "argv": sys.argv,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+class Trainer:
+    """One training run; ``fit()`` runs it to the end (or to ``train.max_steps``)."""
+
+    def __init__(self, cfg: Config, *, resume_from: dict[str, Any] | None = None, run_dir: Path | None = None):
+        from negrec_fast.data import load_dataset
+        from negrec_fast.sampling import BatchLoader
+
+        self.cfg = cfg
+        self.device = resolve_device(cfg.train.device)
+        self.run_dir = run_dir or self._new_run_dir()
+        self.dataset_dir = dataset_path(cfg, progress=cfg.train.progress)
+        self.dataset = load_dataset(self.dataset_dir)
+        _seed_everything(cfg.train.seed)
+        self.model = build_model_for(cfg, self.dataset.vocab_size).to(self.device)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+        )
+        self.objective = Objective(cfg.loss, cfg.model.name, mask_prob=cfg.model.mask_prob, n_items=self.dataset.n_items)
+        self.mask_generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 1)
+        self.loader = BatchLoader(
+            self.dataset,
+            batch_size=cfg.train.batch_size,
+            seq_len=cfg.data.max_len + 1,
+            n_negatives=cfg.loss.n_negatives,
+            distribution=cfg.loss.sampling,
+            alpha=cfg.loss.alpha,
+            seed=cfg.train.seed,
+            prefetch=max(cfg.train.prefetch, 1),
+        )
+        self.epoch, self.batch, self.step = 0, 0, 0
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.bad_epochs = 0
+        self.epoch_sums = {"loss": 0.0, "rec": 0.0, "nce": 0.0, "batches": 0, "sequences": 0, "seconds": 0.0}
+        if resume_from is not None:
+            self._restore(resume_from)
+        else:
+            self._write_run_files()
+
+    # ---- run folder -------------------------------------------------------------------
+    def _new_run_dir(self) -> Path:
+        parent = Path(self.cfg.run.dir)
+        name = self.cfg.run.name or f"{self.cfg.model.name}-{datetime.now():%Y%m%d-%H%M%S}"
+        run_dir = parent / name
+        if run_dir.exists() and any(run_dir.iterdir()):
+            if self.cfg.run.name:
+                raise ConfigError(f"run folder {run_dir} already exists; choose another run.name or use --resume")
+            run_dir = parent / f"{name}-{os.getpid()}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir
+
+    def _write_run_files(self) -> None:
+        (self.run_dir / "config.toml").write_text(to_toml(self.cfg))
+        _write_json(self.run_dir / "environment.json", environment(self.device))
+        _write_json(
+            self.run_dir / "dataset.json",
+            {"path": str(self.dataset_dir.resolve()), "checksum": self.dataset.manifest.get("checksum"),
+             "n_items": self.dataset.n_items, "n_sessions": self.dataset.manifest.get("n_sessions")},
+        )
+        (self.run_dir / "metrics.jsonl").write_text("")
+
+    # ---- checkpoints ------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        rng: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "mask": self.mask_generator.get_state(),
+        }
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng,
+            "progress": {
+                "epoch": self.epoch,
+                "batch": self.batch,
+                "step": self.step,
+                "bad_epochs": self.bad_epochs,
+                "best": self.best,
+                "history": self.history,
+                "epoch_sums": self.epoch_sums,
+            },
+        }
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise ConfigError(f"checkpoint format {ckpt.get('format')} is not {CHECKPOINT_FORMAT}")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        self.mask_generator.set_state(ckpt["rng"]["mask"])
+        if "cuda" in ckpt["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
+        p = ckpt["progress"]
+        self.epoch, self.batch, self.step = p["epoch"], p["batch"], p["step"]
+        self.bad_epochs, self.best, self.history = p["bad_epochs"], p["best"], p["history"]
+        self.epoch_sums = p["epoch_sums"]
+        # metrics.jsonl may hold an epoch logged after the checkpoint; rewrite it from history.
+        (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in self.history))
+
+    def _save_last(self) -> None:
+        save_checkpoint(self.run_dir / "last.pt", self._state())
+
+    # ---- the loop ---------------------------------------------------------------------
+    def fit(self) -> RunResult:
+        cfg = self.cfg.train
+        steps_this_call = 0
+        stopped = self.best is not None and cfg.patience and self.bad_epochs >= cfg.patience
+        while self.epoch < cfg.epochs and not stopped:
+            n_batches = len(self.loader)
+            self.model.train()
+            with Progress(n_batches, "batch", f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not cfg.progress) as bar:
+                bar.count = self.batch
+                tic = time.perf_counter()
+                for batch in self.loader.epoch(self.epoch, start_batch=self.batch):
+                    loss, rec, nce = self._train_step(batch)
+                    self.batch += 1
+                    self.step += 1
+                    steps_this_call += 1
+                    sums = self.epoch_sums
+                    sums["loss"] += loss
+                    sums["rec"] += rec
+                    sums["nce"] += nce
+                    sums["batches"] += 1
+                    sums["sequences"] += int(batch.items.shape[0])
+                    elapsed = sums["seconds"] + time.perf_counter() - tic
+                    bar.update(1, loss=sums["loss"] / sums["batches"], seq_per_s=sums["sequences"] / elapsed)
+                    if cfg.max_steps and steps_this_call >= cfg.max_steps:
+                        self.epoch_sums["seconds"] += time.perf_counter() - tic
+                        self._save_last()
+                        return self._result(completed=False)
+                    if cfg.checkpoint_every and self.batch % cfg.checkpoint_every == 0 and self.batch < n_batches:
+                        self.epoch_sums["seconds"] += time.perf_counter() - tic
+                        tic = time.perf_counter()
+                        self._save_last()
+                self.epoch_sums["seconds"] += time.perf_counter() - tic
+            stopped = self._end_epoch()
+        self._save_last()
+        test = self._final_test()
+        return self._result(completed=True, test=test)
+
+    def _train_step(self, batch) -> tuple[float, float, float]:
+        dev = self.device
+        tensors = BatchTensors(
+            items=batch.items.to(dev, non_blocking=True),
+            skips=batch.skips.to(dev, non_blocking=True),
+            negatives=batch.negatives.to(dev, non_blocking=True),
+            neg_logq=batch.neg_logq.to(dev, non_blocking=True),
+        )
+        autocast = dev.type == "cuda" and self.cfg.train.bf16
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
+            total, rec, nce = self.objective(self.model, tensors, self.mask_generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if self.cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.optimizer.step()
+        values = torch.stack([total.detach(), rec.detach(), nce.detach()]).float().cpu().tolist()
+        if not math.isfinite(values[0]):
+            raise FloatingPointError(f"training loss became {values[0]} at epoch {self.epoch + 1}, batch {self.batch + 1}")
+        return values[0], values[1], values[2]
+
+    def _end_epoch(self) -> bool:
+        """Validate, log, checkpoint; returns True when early stopping says stop."""
+        sums = self.epoch_sums
+        n = max(sums["batches"], 1)
+        record: dict[str, Any] = {
+            "epoch": self.epoch + 1,
+            "step": self.step,
+            "train_loss": sums["loss"] / n,
+            "rec_loss": sums["rec"] / n,
+            "nce_loss": sums["nce"] / n,
+            "seconds": sums["seconds"],
+            "sequences_per_s": sums["sequences"] / sums["seconds"] if sums["seconds"] > 0 else None,
+        }
+        valid = evaluate_model(self.model, self.dataset, "valid", self.cfg.eval, self.cfg.data.max_len, self.device)
+        record["valid"] = valid
+        metric = self.cfg.train.early_stopping_metric
+        score = valid.get(metric, float("nan"))
+        # Without validation targets (e.g. a temporal split with no validation share) the
+        # latest epoch counts as the best.
+        no_targets = valid.get("n_targets", 0) == 0
+        improved = self.best is None or no_targets or (math.isfinite(score) and score > self.best["score"])
+        if improved:
+            self.best = {"epoch": self.epoch + 1, "score": score, "metric": metric, "valid": valid}
+            self.bad_epochs = 0
+            save_checkpoint(
+                self.run_dir / "best.pt",
+                {"format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "model": self.model.state_dict(),
+                 "epoch": self.epoch + 1, "valid": valid},
+            )
+        else:
+            self.bad_epochs += 1
+        self.history.append(record)
+        with open(self.run_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.cfg.train.progress:
+            print(
+                f"epoch {self.epoch + 1}: loss {record['train_loss']:.4f} (rec {record['rec_loss']:.4f}, "
+                f"nce {record['nce_loss']:.4f}) | valid {metric} {score:.4f}, HR@10 {valid.get('HR@10', float('nan')):.4f}, "
+                f"skip_MRR@10 {valid.get('skip_MRR@10', float('nan')):.4f} | {record['seconds']:.1f}s"
+                + (" *" if improved else ""),
+                file=sys.stderr,
+            )
+        self.epoch += 1
+        self.batch = 0
+        self.epoch_sums = {"loss": 0.0, "rec": 0.0, "nce": 0.0, "batches": 0, "sequences": 0, "seconds": 0.0}
+        patience = self.cfg.train.patience
+        return bool(patience and self.bad_epochs >= patience)
+
+    def _final_test(self) -> dict[str, float]:
+        best = load_checkpoint(self.run_dir / "best.pt", map_location=self.device)
+        self.model.load_state_dict(best["model"])
+        test = evaluate_model(self.model, self.dataset, "test", self.cfg.eval, self.cfg.data.max_len, self.device)
+        _write_json(self.run_dir / "test_metrics.json", {"best_epoch": best["epoch"], "test": test})
+        return test
+
+    def _result(self, *, completed: bool, test: dict[str, float] | None = None) -> RunResult:
+        return RunResult(
+            run_dir=self.run_dir,
+            completed=completed,
+            best_epoch=self.best["epoch"] if self.best else None,
+            best_valid=self.best["valid"] if self.best else None,
+            test=test,
+            history=self.history,
+        )
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
