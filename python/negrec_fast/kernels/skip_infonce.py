@@ -96,7 +96,7 @@ def _fwd_kernel(
 @triton.jit
 def _bwd_anchor_kernel(
     A, C, ITEMS, SKIP, POS, LSE, GROW, DA,
-    L, D, stride_ab, stride_al, stride_cb, stride_cl, inv_temp,
+    L, D, stride_ab, stride_al, stride_cb, stride_cl, inv_temp, stride_gb, stride_gl,
     EPS: tl.constexpr, F32_DOT: tl.constexpr,
     BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -147,14 +147,14 @@ def _bwd_anchor_kernel(
             grad += tl.dot(w.to(c.dtype), c)
     through_norm = tl.where(norm_a >= EPS, ra * ra * gs, 0.0)
     grad = grad * (ra * inv_temp)[:, None] - through_norm[:, None] * af
-    tl.store(DA + b * stride_ab + offs_i[:, None] * stride_al + offs_d[None, :],
+    tl.store(DA + b * stride_gb + offs_i[:, None] * stride_gl + offs_d[None, :],
              grad.to(DA.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
 @triton.jit
 def _bwd_candidate_kernel(
     A, C, ITEMS, SKIP, POS, LSE, GROW, DC,
-    L, D, stride_ab, stride_al, stride_cb, stride_cl, inv_temp,
+    L, D, stride_ab, stride_al, stride_cb, stride_cl, inv_temp, stride_gb, stride_gl,
     EPS: tl.constexpr, F32_DOT: tl.constexpr,
     BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -205,7 +205,7 @@ def _bwd_candidate_kernel(
             grad += tl.dot(w.to(a.dtype), a)
     through_norm = tl.where(norm_c >= EPS, rc * rc * gs, 0.0)
     grad = grad * (rc * inv_temp)[:, None] - through_norm[:, None] * cf
-    tl.store(DC + b * stride_cb + offs_j[:, None] * stride_cl + offs_d[None, :],
+    tl.store(DC + b * stride_gb + offs_j[:, None] * stride_gl + offs_d[None, :],
              grad.to(DC.dtype.element_ty), mask=col_ok[:, None] & d_ok[None, :])
 
 
@@ -262,13 +262,16 @@ class _SkipInfoNCE(torch.autograd.Function):
         args = _common_args(anchors, candidates, ctx.inv_temp)
         d_anchors = d_candidates = None
         if ctx.needs_input_grad[0]:
-            d_anchors = torch.empty_like(anchors)
-            _bwd_anchor_kernel[grid](anchors, candidates, items, skipped, pos, lse, grow, d_anchors,
-                        *args, EPS=_EPS, F32_DOT=f32, **cfg)
+            d_anchors = torch.empty(anchors.shape, dtype=anchors.dtype, device=anchors.device)
+            _bwd_anchor_kernel[grid](
+                anchors, candidates, items, skipped, pos, lse, grow, d_anchors, *args,
+                d_anchors.stride(0), d_anchors.stride(1), EPS=_EPS, F32_DOT=f32, **cfg)
         if ctx.needs_input_grad[1]:
-            d_candidates = torch.empty_like(candidates)
-            _bwd_candidate_kernel[grid](anchors, candidates, items, skipped, pos, lse, grow, d_candidates,
-                        *args, EPS=_EPS, F32_DOT=f32, **cfg)
+            d_candidates = torch.empty(candidates.shape, dtype=candidates.dtype,
+                                       device=candidates.device)
+            _bwd_candidate_kernel[grid](
+                anchors, candidates, items, skipped, pos, lse, grow, d_candidates, *args,
+                d_candidates.stride(0), d_candidates.stride(1), EPS=_EPS, F32_DOT=f32, **cfg)
         return d_anchors, d_candidates, None, None, None, None
 
 
