@@ -113,6 +113,15 @@ def test_pad_index_and_int32_items():
 
 
 @interp
+def test_mixed_dtypes_promote():
+    anchors, items, skips, cands = make_batch(3, 8, 6, seed=13, separate=True)
+    cands = cands.detach().double().requires_grad_()
+    (out, grads), (ref, ref_grads) = run_both(anchors, items, skips, cands, reduction="sum")
+    assert grads[0].dtype == torch.float32 and grads[1].dtype == torch.float64
+    assert_close_run(((out, grads), (ref, ref_grads)))
+
+
+@interp
 def test_non_contiguous_inputs():
     """Views as the trainer makes them (``x[:, :-1]``); gradients come back in the views' shape."""
     anchors, items, skips, cands = make_batch(3, 10, 6, seed=11, separate=True)
@@ -218,8 +227,10 @@ def test_argument_errors():
         fused_skip_infonce_loss(anchors, items, skips, candidates=anchors[:, :5])
     with pytest.raises(ValueError, match=r"skips must be \[B, L\] = \(2, 6\), got \(2, 5\)"):
         fused_skip_infonce_loss(anchors, items, skips[:, :5])
-    with pytest.raises(ValueError, match="fp16/bf16/fp32/fp64"):
+    with pytest.raises(ValueError, match="anchors must be fp16/bf16/fp32/fp64, got torch.int32"):
         fused_skip_infonce_loss(anchors.detach().int(), items, skips)
+    with pytest.raises(ValueError, match="candidates must be fp16/bf16/fp32/fp64, got torch.int64"):
+        fused_skip_infonce_loss(anchors, items, skips, candidates=anchors.detach().long())
     with pytest.raises(ValueError, match="backend must be 'auto', 'triton' or 'torch', got 'cuda'"):
         skip_infonce(anchors, items, skips, backend="cuda")
 

@@ -286,13 +286,12 @@ def _check(anchors: Tensor, items: Tensor, skips: Tensor, candidates: Tensor,
     if candidates.shape != anchors.shape:
         raise ValueError(f"candidates must have the anchors' shape {tuple(anchors.shape)}, "
                          f"got {tuple(candidates.shape)}")
-    if candidates.dtype != anchors.dtype:
-        raise ValueError(f"candidates dtype {candidates.dtype} differs from anchors dtype {anchors.dtype}")
     for name, t in (("items", items), ("skips", skips)):
         if t.shape != anchors.shape[:2]:
             raise ValueError(f"{name} must be [B, L] = {tuple(anchors.shape[:2])}, got {tuple(t.shape)}")
-    if anchors.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        raise ValueError(f"anchors must be a floating tensor (fp16/bf16/fp32/fp64), got {anchors.dtype}")
+    for name, t in (("anchors", anchors), ("candidates", candidates)):
+        if t.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise ValueError(f"{name} must be fp16/bf16/fp32/fp64, got {t.dtype}")
     devices = {anchors.device, candidates.device, items.device, skips.device}
     if len(devices) != 1:
         raise ValueError(f"all inputs must be on one device, got {sorted(map(str, devices))}")
@@ -314,10 +313,14 @@ def fused_skip_infonce_loss(
     """Triton version of :func:`negrec_fast.losses.skip_infonce_loss` (same arguments and result).
 
     The loss is fp32 whatever the input dtype; gradients reach ``anchors`` and ``candidates``
-    (summed when ``candidates`` is None, i.e. the same tensor).
+    (summed when ``candidates`` is None, i.e. the same tensor). Mixed input dtypes are
+    promoted to a common one first (as under autocast).
     """
     cand = anchors if candidates is None else candidates
     _check(anchors, items, skips, cand, temperature, reduction)
+    if cand.dtype != anchors.dtype:
+        common = torch.promote_types(anchors.dtype, cand.dtype)
+        anchors, cand = anchors.to(common), cand.to(common)
     real = items != pad_index
     skip = skips.bool()
     skipped = real & skip
