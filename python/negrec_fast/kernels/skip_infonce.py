@@ -225,7 +225,7 @@ def _config(length: int, dim: int) -> dict:
     block_d = max(16, triton.next_power_of_2(dim))
     block = 64 if block_d <= 64 else 32 if block_d <= 256 else 16
     block = min(block, max(16, triton.next_power_of_2(length)))
-    warps = 4 if block * block_d <= 4096 else 8
+    warps = 4 if block * block_d < 4096 else 8
     return dict(BLOCK_I=block, BLOCK_J=block, BLOCK_D=block_d, num_warps=warps)
 
 
