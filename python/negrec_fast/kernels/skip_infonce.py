@@ -1,0 +1,365 @@
+"""Fused skip-informed InfoNCE in Triton (forward and backward).
+
+Matches :func:`negrec_fast.losses.skip_infonce_loss` (see there for the definition).
+
+Layout: one program per ``(session, block of rows)``. A program keeps its block of vectors
+(all ``d`` features) in registers and streams the other side of the session in blocks,
+so the ``[L, L]`` cosine matrix exists only blockwise on chip; nothing ``[B, L, L]`` is
+ever written. Norms are computed in-kernel (fp32) and folded into the scores:
+``s_ij = (a_i . c_j) * ra_i * rc_j / T`` with ``r = 1 / max(||x||, 1e-8)``, so 16-bit
+inputs go through the tensor cores unrounded and fp32 inputs use IEEE fp32 dots.
+
+- forward: online log-sum-exp over {positive} + {the session's skipped plays whose item
+  differs from the positive's}; stores the per-position loss and the row LSE.
+- backward: recomputes the scores. With ``G_ij = g_i (p_ij - [j = pos_i])``:
+  ``dA_i = ra_i/T sum_j G_ij rc_j c_j - ra_i^2 a_i sum_j G_ij s_ij`` and symmetrically for
+  ``dC_j`` (the second term is the derivative through the normalisation), computed by
+  two deterministic kernels (row blocks for anchors, column blocks for candidates).
+
+Anchor/positive indices come from cheap ``[B, L]`` torch ops on the host side (no sync).
+On CPU the kernels run only in Triton's interpreter, which must be chosen before triton is
+first imported (``TRITON_INTERPRET=1`` in the environment).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from triton.runtime.jit import JITFunction
+
+from negrec_fast.losses._reduce import reduce_rows
+from negrec_fast.losses.skip_infonce import next_kept_index, skip_infonce_loss
+
+__all__ = ["fused_skip_infonce_loss", "skip_infonce", "triton_available_for"]
+
+_EPS = 1e-8  # as F.normalize
+_REDUCTIONS = ("mean", "sum", "none")
+_BACKENDS = ("auto", "triton", "torch")
+
+
+@triton.jit
+def _fwd_kernel(
+    A, C, ITEMS, SKIP, POS, LOSS, LSE,
+    L, D, stride_ab, stride_al, stride_cb, stride_cl, inv_temp,
+    EPS: tl.constexpr, F32_DOT: tl.constexpr,
+    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    offs_i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_i < L
+    d_ok = offs_d < D
+    a = tl.load(A + b * stride_ab + offs_i[:, None] * stride_al + offs_d[None, :],
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    if F32_DOT:
+        a = a.to(tl.float32)
+    af = a.to(tl.float32)
+    ra = 1.0 / tl.maximum(tl.sqrt(tl.sum(af * af, axis=1)), EPS)
+    pos = tl.load(POS + b * L + offs_i, mask=row_ok, other=-1)
+    anchor = pos >= 0
+    pos_item = tl.load(ITEMS + b * L + pos, mask=anchor, other=0)
+
+    m = tl.full([BLOCK_I], float("-inf"), tl.float32)
+    acc = tl.zeros([BLOCK_I], tl.float32)
+    s_pos = tl.zeros([BLOCK_I], tl.float32)
+    for j0 in range(0, L, BLOCK_J):
+        offs_j = j0 + tl.arange(0, BLOCK_J)
+        col_ok = offs_j < L
+        c = tl.load(C + b * stride_cb + offs_j[:, None] * stride_cl + offs_d[None, :],
+                    mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+        if F32_DOT:
+            c = c.to(tl.float32)
+            dots = tl.dot(a, tl.trans(c), input_precision="ieee")
+        else:
+            dots = tl.dot(a, tl.trans(c))
+        cf = c.to(tl.float32)
+        rc = 1.0 / tl.maximum(tl.sqrt(tl.sum(cf * cf, axis=1)), EPS)
+        s = dots * ra[:, None] * rc[None, :] * inv_temp
+        skip_j = tl.load(SKIP + b * L + offs_j, mask=col_ok, other=0) != 0
+        item_j = tl.load(ITEMS + b * L + offs_j, mask=col_ok, other=0)
+        is_pos = offs_j[None, :] == pos[:, None]
+        is_neg = (skip_j[None, :] & (item_j[None, :] != pos_item[:, None])) & anchor[:, None]
+        s_pos += tl.sum(tl.where(is_pos, s, 0.0), axis=1)
+        sm = tl.where(is_pos | is_neg, s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(sm, axis=1))
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        acc = acc * tl.exp(m - m_ref) + tl.sum(tl.exp(sm - m_ref[:, None]), axis=1)
+        m = m_new
+    lse = tl.where(anchor, m + tl.log(tl.where(anchor, acc, 1.0)), 0.0)
+    loss = tl.where(anchor, lse - s_pos, 0.0)
+    tl.store(LOSS + b * L + offs_i, loss, mask=row_ok)
+    tl.store(LSE + b * L + offs_i, lse, mask=row_ok)
+
+
+@triton.jit
+def _bwd_anchor_kernel(
+    A, C, ITEMS, SKIP, POS, LSE, GROW, DA,
+    L, D, stride_ab, stride_al, stride_cb, stride_cl, inv_temp, stride_gb, stride_gl,
+    EPS: tl.constexpr, F32_DOT: tl.constexpr,
+    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    offs_i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_i < L
+    d_ok = offs_d < D
+    a = tl.load(A + b * stride_ab + offs_i[:, None] * stride_al + offs_d[None, :],
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    if F32_DOT:
+        a = a.to(tl.float32)
+    af = a.to(tl.float32)
+    norm_a = tl.sqrt(tl.sum(af * af, axis=1))
+    ra = 1.0 / tl.maximum(norm_a, EPS)
+    pos = tl.load(POS + b * L + offs_i, mask=row_ok, other=-1)
+    anchor = pos >= 0
+    pos_item = tl.load(ITEMS + b * L + pos, mask=anchor, other=0)
+    lse = tl.load(LSE + b * L + offs_i, mask=row_ok, other=0.0)
+    g = tl.load(GROW + b * L + offs_i, mask=anchor, other=0.0)
+
+    grad = tl.zeros([BLOCK_I, BLOCK_D], tl.float32)
+    gs = tl.zeros([BLOCK_I], tl.float32)
+    for j0 in range(0, L, BLOCK_J):
+        offs_j = j0 + tl.arange(0, BLOCK_J)
+        col_ok = offs_j < L
+        c = tl.load(C + b * stride_cb + offs_j[:, None] * stride_cl + offs_d[None, :],
+                    mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+        if F32_DOT:
+            c = c.to(tl.float32)
+            dots = tl.dot(a, tl.trans(c), input_precision="ieee")
+        else:
+            dots = tl.dot(a, tl.trans(c))
+        cf = c.to(tl.float32)
+        rc = 1.0 / tl.maximum(tl.sqrt(tl.sum(cf * cf, axis=1)), EPS)
+        s = dots * ra[:, None] * rc[None, :] * inv_temp
+        skip_j = tl.load(SKIP + b * L + offs_j, mask=col_ok, other=0) != 0
+        item_j = tl.load(ITEMS + b * L + offs_j, mask=col_ok, other=0)
+        is_pos = offs_j[None, :] == pos[:, None]
+        is_neg = (skip_j[None, :] & (item_j[None, :] != pos_item[:, None])) & anchor[:, None]
+        p = tl.where(is_pos | is_neg, tl.exp(s - lse[:, None]), 0.0)
+        gmat = g[:, None] * (p - is_pos.to(tl.float32))
+        gs += tl.sum(gmat * s, axis=1)
+        w = gmat * rc[None, :]
+        if F32_DOT:
+            grad += tl.dot(w, c, input_precision="ieee")
+        else:
+            grad += tl.dot(w.to(c.dtype), c)
+    through_norm = tl.where(norm_a >= EPS, ra * ra * gs, 0.0)
+    grad = grad * (ra * inv_temp)[:, None] - through_norm[:, None] * af
+    tl.store(DA + b * stride_gb + offs_i[:, None] * stride_gl + offs_d[None, :],
+             grad.to(DA.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _bwd_candidate_kernel(
+    A, C, ITEMS, SKIP, POS, LSE, GROW, DC,
+    L, D, stride_ab, stride_al, stride_cb, stride_cl, inv_temp, stride_gb, stride_gl,
+    EPS: tl.constexpr, F32_DOT: tl.constexpr,
+    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    offs_j = tl.program_id(1) * BLOCK_J + tl.arange(0, BLOCK_J)
+    offs_d = tl.arange(0, BLOCK_D)
+    col_ok = offs_j < L
+    d_ok = offs_d < D
+    c = tl.load(C + b * stride_cb + offs_j[:, None] * stride_cl + offs_d[None, :],
+                mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+    if F32_DOT:
+        c = c.to(tl.float32)
+    cf = c.to(tl.float32)
+    norm_c = tl.sqrt(tl.sum(cf * cf, axis=1))
+    rc = 1.0 / tl.maximum(norm_c, EPS)
+    skip_j = tl.load(SKIP + b * L + offs_j, mask=col_ok, other=0) != 0
+    item_j = tl.load(ITEMS + b * L + offs_j, mask=col_ok, other=0)
+
+    grad = tl.zeros([BLOCK_J, BLOCK_D], tl.float32)
+    gs = tl.zeros([BLOCK_J], tl.float32)
+    for i0 in range(0, L, BLOCK_I):
+        offs_i = i0 + tl.arange(0, BLOCK_I)
+        row_ok = offs_i < L
+        a = tl.load(A + b * stride_ab + offs_i[:, None] * stride_al + offs_d[None, :],
+                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        if F32_DOT:
+            a = a.to(tl.float32)
+            dots = tl.dot(a, tl.trans(c), input_precision="ieee")
+        else:
+            dots = tl.dot(a, tl.trans(c))
+        af = a.to(tl.float32)
+        ra = 1.0 / tl.maximum(tl.sqrt(tl.sum(af * af, axis=1)), EPS)
+        pos = tl.load(POS + b * L + offs_i, mask=row_ok, other=-1)
+        anchor = pos >= 0
+        pos_item = tl.load(ITEMS + b * L + pos, mask=anchor, other=0)
+        lse = tl.load(LSE + b * L + offs_i, mask=row_ok, other=0.0)
+        g = tl.load(GROW + b * L + offs_i, mask=anchor, other=0.0)
+        s = dots * ra[:, None] * rc[None, :] * inv_temp
+        is_pos = offs_j[None, :] == pos[:, None]
+        is_neg = (skip_j[None, :] & (item_j[None, :] != pos_item[:, None])) & anchor[:, None]
+        p = tl.where(is_pos | is_neg, tl.exp(s - lse[:, None]), 0.0)
+        gmat = g[:, None] * (p - is_pos.to(tl.float32))
+        gs += tl.sum(gmat * s, axis=0)
+        w = tl.trans(gmat * ra[:, None])
+        if F32_DOT:
+            grad += tl.dot(w, a, input_precision="ieee")
+        else:
+            grad += tl.dot(w.to(a.dtype), a)
+    through_norm = tl.where(norm_c >= EPS, rc * rc * gs, 0.0)
+    grad = grad * (rc * inv_temp)[:, None] - through_norm[:, None] * cf
+    tl.store(DC + b * stride_gb + offs_j[:, None] * stride_gl + offs_d[None, :],
+             grad.to(DC.dtype.element_ty), mask=col_ok[:, None] & d_ok[None, :])
+
+
+def _interpreted() -> bool:
+    """Whether the kernels were built for Triton's CPU interpreter (``TRITON_INTERPRET=1`` when
+    triton was first imported; Triton fixes the mode at import and decoration time)."""
+    return not isinstance(_fwd_kernel, JITFunction)
+
+
+def triton_available_for(x: Tensor) -> bool:
+    """True when the Triton kernels can run on ``x``'s device (CUDA, or CPU when interpreted)."""
+    return x.is_cuda or (x.device.type == "cpu" and _interpreted())
+
+
+def _config(length: int, dim: int) -> dict:
+    """Block sizes: the whole feature dim in registers, blocks of positions sized to fit."""
+    block_d = max(16, triton.next_power_of_2(dim))
+    block = 64 if block_d <= 64 else 32 if block_d <= 256 else 16
+    block = min(block, max(16, triton.next_power_of_2(length)))
+    warps = 4 if block * block_d < 4096 else 8
+    return dict(BLOCK_I=block, BLOCK_J=block, BLOCK_D=block_d, num_warps=warps)
+
+
+def _common_args(a: Tensor, c: Tensor, inv_temp: float) -> tuple:
+    _, length, dim = a.shape
+    return (length, dim, a.stride(0), a.stride(1), c.stride(0), c.stride(1), inv_temp)
+
+
+class _SkipInfoNCE(torch.autograd.Function):
+    """Per-position losses ``[B, L]`` (fp32, 0 off anchors) with gradients for both vectors."""
+
+    @staticmethod
+    def forward(ctx, anchors, candidates, items, skipped, pos, inv_temp):
+        b, length, dim = anchors.shape
+        loss = torch.empty((b, length), device=anchors.device, dtype=torch.float32)
+        lse = torch.empty_like(loss)
+        cfg = _config(length, dim)
+        f32 = anchors.dtype in (torch.float32, torch.float64)
+        _fwd_kernel[(b, triton.cdiv(length, cfg["BLOCK_I"]))](
+            anchors, candidates, items, skipped, pos, loss, lse,
+            *_common_args(anchors, candidates, inv_temp), EPS=_EPS, F32_DOT=f32, **cfg)
+        ctx.save_for_backward(anchors, candidates, items, skipped, pos, lse)
+        ctx.inv_temp = inv_temp
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        anchors, candidates, items, skipped, pos, lse = ctx.saved_tensors
+        b, length, dim = anchors.shape
+        grow = grad_loss.float().contiguous()
+        cfg = _config(length, dim)
+        f32 = anchors.dtype in (torch.float32, torch.float64)
+        grid = (b, triton.cdiv(length, cfg["BLOCK_I"]))
+        args = _common_args(anchors, candidates, ctx.inv_temp)
+        d_anchors = d_candidates = None
+        if ctx.needs_input_grad[0]:
+            d_anchors = torch.empty(anchors.shape, dtype=anchors.dtype, device=anchors.device)
+            _bwd_anchor_kernel[grid](
+                anchors, candidates, items, skipped, pos, lse, grow, d_anchors, *args,
+                d_anchors.stride(0), d_anchors.stride(1), EPS=_EPS, F32_DOT=f32, **cfg)
+        if ctx.needs_input_grad[1]:
+            d_candidates = torch.empty(candidates.shape, dtype=candidates.dtype,
+                                       device=candidates.device)
+            _bwd_candidate_kernel[grid](
+                anchors, candidates, items, skipped, pos, lse, grow, d_candidates, *args,
+                d_candidates.stride(0), d_candidates.stride(1), EPS=_EPS, F32_DOT=f32, **cfg)
+        return d_anchors, d_candidates, None, None, None, None
+
+
+def _check(anchors: Tensor, items: Tensor, skips: Tensor, candidates: Tensor,
+           temperature: float, reduction: str) -> None:
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if anchors.dim() != 3:
+        raise ValueError(f"anchors must be [B, L, d], got shape {tuple(anchors.shape)}")
+    if candidates.shape != anchors.shape:
+        raise ValueError(f"candidates must have the anchors' shape {tuple(anchors.shape)}, "
+                         f"got {tuple(candidates.shape)}")
+    for name, t in (("items", items), ("skips", skips)):
+        if t.shape != anchors.shape[:2]:
+            raise ValueError(f"{name} must be [B, L] = {tuple(anchors.shape[:2])}, got {tuple(t.shape)}")
+    for name, t in (("anchors", anchors), ("candidates", candidates)):
+        if t.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise ValueError(f"{name} must be fp16/bf16/fp32/fp64, got {t.dtype}")
+    devices = {anchors.device, candidates.device, items.device, skips.device}
+    if len(devices) != 1:
+        raise ValueError(f"all inputs must be on one device, got {sorted(map(str, devices))}")
+    if not triton_available_for(anchors):
+        raise ValueError(f"the Triton skip-InfoNCE kernel needs CUDA tensors (or TRITON_INTERPRET=1 "
+                         f"for CPU tensors), got device {anchors.device}")
+
+
+def fused_skip_infonce_loss(
+    anchors: Tensor,
+    items: Tensor,
+    skips: Tensor,
+    *,
+    candidates: Tensor | None = None,
+    temperature: float = 0.1,
+    pad_index: int = 0,
+    reduction: str = "mean",
+) -> Tensor:
+    """Triton version of :func:`negrec_fast.losses.skip_infonce_loss` (same arguments and result).
+
+    The loss is fp32 whatever the input dtype; gradients reach ``anchors`` and ``candidates``
+    (summed when ``candidates`` is None, i.e. the same tensor). Mixed input dtypes are
+    promoted to a common one first (as under autocast).
+    """
+    cand = anchors if candidates is None else candidates
+    _check(anchors, items, skips, cand, temperature, reduction)
+    if cand.dtype != anchors.dtype:
+        common = torch.promote_types(anchors.dtype, cand.dtype)
+        anchors, cand = anchors.to(common), cand.to(common)
+    real = items != pad_index
+    skip = skips.bool()
+    skipped = real & skip
+    kept = real & ~skip
+    nxt = next_kept_index(kept)
+    is_anchor = kept & (nxt >= 0) & skipped.any(dim=1, keepdim=True)
+    pos = torch.where(is_anchor, nxt, -1).to(torch.int32).contiguous()
+    if anchors.stride(-1) != 1:
+        anchors = anchors.contiguous()
+    if cand.stride(-1) != 1:
+        cand = cand.contiguous()
+    if anchors.numel() == 0:  # empty batch, session or feature dim: nothing to launch
+        per_pos = (anchors.float().sum(-1) + cand.float().sum(-1)) * 0.0
+    else:
+        per_pos = _SkipInfoNCE.apply(anchors, cand, items.contiguous(),
+                                     skipped.to(torch.int8).contiguous(), pos, 1.0 / temperature)
+    return reduce_rows(per_pos if reduction == "none" else per_pos.flatten(),
+                       is_anchor.flatten(), reduction)
+
+
+def skip_infonce(
+    anchors: Tensor,
+    items: Tensor,
+    skips: Tensor,
+    *,
+    candidates: Tensor | None = None,
+    temperature: float = 0.1,
+    pad_index: int = 0,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> Tensor:
+    """Skip-informed InfoNCE with a choice of implementation.
+
+    ``backend``: ``"triton"`` (fused kernel), ``"torch"`` (the reference), or ``"auto"``:
+    Triton for CUDA tensors (and CPU tensors under ``TRITON_INTERPRET=1``), else the reference.
+    """
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+    use_triton = backend == "triton" or (backend == "auto" and triton_available_for(anchors))
+    fn = fused_skip_infonce_loss if use_triton else skip_infonce_loss
+    return fn(anchors, items, skips, candidates=candidates, temperature=temperature,
+              pad_index=pad_index, reduction=reduction)
