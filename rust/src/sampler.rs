@@ -44,7 +44,7 @@ impl Distribution {
 }
 
 enum Table {
-    Uniform,
+    Uniform { logq: f32 },
     Popularity { alias: AliasTable, logq: Vec<f32> },
 }
 
@@ -91,7 +91,7 @@ impl NegativeSampler {
         }
         let n_real = vocab_size - N_RESERVED as usize;
         let (table, n_positive) = match distribution {
-            Distribution::Uniform => (Table::Uniform, n_real),
+            Distribution::Uniform => (Table::Uniform { logq: -(n_real as f64).ln() as f32 }, n_real),
             Distribution::Popularity { alpha } => {
                 let counts = item_counts.ok_or_else(|| {
                     Error::Config("the popularity distribution needs item_counts".into())
@@ -125,7 +125,7 @@ impl NegativeSampler {
             return f32::NEG_INFINITY;
         }
         match &self.table {
-            Table::Uniform => -((self.vocab_size - N_RESERVED) as f32).ln(),
+            Table::Uniform { logq } => *logq,
             Table::Popularity { logq, .. } => logq[(id - N_RESERVED) as usize],
         }
     }
@@ -134,7 +134,7 @@ impl NegativeSampler {
     fn draw(&self, rng: &mut Rng) -> u32 {
         N_RESERVED
             + match &self.table {
-                Table::Uniform => rng.below((self.vocab_size - N_RESERVED) as u64) as u32,
+                Table::Uniform { .. } => rng.below((self.vocab_size - N_RESERVED) as u64) as u32,
                 Table::Popularity { alias, .. } => alias.draw(rng),
             }
     }
@@ -184,8 +184,8 @@ impl NegativeSampler {
         }
         let mut n_distinct_excluded = 0;
         for &id in exclude {
-            if id >= N_RESERVED as i64 && !scratch.test_and_set(id as u32) {
-                n_distinct_excluded += 1;
+            if id >= N_RESERVED as i64 {
+                n_distinct_excluded += !scratch.test_and_set(id as u32) as usize;
             }
         }
         if k + n_distinct_excluded > self.n_positive {
