@@ -9,7 +9,7 @@ mod alias;
 pub mod rng;
 
 use crate::error::{Error, Result};
-use alias::AliasTable;
+pub use alias::AliasTable;
 use rng::Rng;
 
 /// Ids `0` (padding) and `1` (mask) are reserved and never drawn.
