@@ -72,13 +72,21 @@ impl Sessions {
                 offsets[s + 1] - offsets[s]
             ));
         }
-        if let Some(i) = items.iter().position(|&id| id < N_RESERVED || id as usize >= vocab_size) {
+        if let Some(i) = items
+            .iter()
+            .position(|&id| id < N_RESERVED || id as usize >= vocab_size)
+        {
             return bad(format!(
                 "items[{i}] = {} is not an item id (expected {N_RESERVED} <= id < vocab_size = {vocab_size})",
                 items[i]
             ));
         }
-        Ok(Sessions { offsets, items, skips, train_end })
+        Ok(Sessions {
+            offsets,
+            items,
+            skips,
+            train_end,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -173,7 +181,14 @@ impl BatchLoader {
         let examples = (0..sessions.len() as u32)
             .filter(|&s| sessions.train_end[s as usize] >= 2)
             .collect();
-        Ok(BatchLoader { inner: Arc::new(Inner { sessions, examples, sampler, config }) })
+        Ok(BatchLoader {
+            inner: Arc::new(Inner {
+                sessions,
+                examples,
+                sampler,
+                config,
+            }),
+        })
     }
 
     /// Training examples over all ranks (sessions with `train_end >= 2`).
@@ -251,7 +266,11 @@ impl BatchLoader {
                 }
             })
             .map_err(|e| Error::Config(format!("cannot start the batch thread: {e}")))?;
-        Ok(EpochIter { rx: Some(rx), worker: Some(worker), remaining: n_batches - start_batch })
+        Ok(EpochIter {
+            rx: Some(rx),
+            worker: Some(worker),
+            remaining: n_batches - start_batch,
+        })
     }
 }
 
@@ -267,7 +286,10 @@ impl Inner {
             let from = end.saturating_sub(len).max(start);
             let pad = len - (end - from);
             let row = r * len + pad..(r + 1) * len;
-            for (dst, &id) in items[row.clone()].iter_mut().zip(&self.sessions.items[from..end]) {
+            for (dst, &id) in items[row.clone()]
+                .iter_mut()
+                .zip(&self.sessions.items[from..end])
+            {
                 *dst = id as i64;
             }
             for (dst, &skip) in skips[row].iter_mut().zip(&self.sessions.skips[from..end]) {
@@ -276,7 +298,9 @@ impl Inner {
         }
         let k = self.config.n_negatives;
         let (mut negatives, mut neg_logq) = (Vec::with_capacity(k), Vec::with_capacity(k));
-        let mut rng = self.sampler.batch_rng(epoch, self.config.rank as u64, b as u64);
+        let mut rng = self
+            .sampler
+            .batch_rng(epoch, self.config.rank as u64, b as u64);
         self.sampler
             .sample_into(&items, k, &mut rng, scratch, &mut negatives, &mut neg_logq)
             .map_err(|e| Error::Config(format!("epoch {epoch}, batch {b}: {e}")))?;
@@ -362,17 +386,30 @@ mod tests {
     }
 
     fn small() -> LoaderConfig {
-        LoaderConfig { batch_size: 4, seq_len: 5, n_negatives: 6, seed: 11, ..Default::default() }
+        LoaderConfig {
+            batch_size: 4,
+            seq_len: 5,
+            n_negatives: 6,
+            seed: 11,
+            ..Default::default()
+        }
     }
 
     fn collect(loader: &BatchLoader, epoch: u64, start: usize) -> Vec<Batch> {
-        loader.epoch(epoch, start).unwrap().map(|b| b.unwrap()).collect()
+        loader
+            .epoch(epoch, start)
+            .unwrap()
+            .map(|b| b.unwrap())
+            .collect()
     }
 
     #[test]
     fn rows_are_left_padded_suffixes_of_the_training_prefix() {
         let data = sessions();
-        let l = loader(LoaderConfig { shuffle: false, ..small() });
+        let l = loader(LoaderConfig {
+            shuffle: false,
+            ..small()
+        });
         let batches = collect(&l, 0, 0);
         assert_eq!(batches.len(), l.len());
         for batch in &batches {
@@ -388,12 +425,18 @@ mod tests {
                     .collect();
                 assert_eq!(row, &expected[..], "session {s}");
                 assert!(batch.skips[r * 5..r * 5 + 5 - take].iter().all(|&x| !x));
-                let exp_skips: Vec<bool> = data.skips[end - take..end].iter().map(|&x| x != 0).collect();
+                let exp_skips: Vec<bool> = data.skips[end - take..end]
+                    .iter()
+                    .map(|&x| x != 0)
+                    .collect();
                 assert_eq!(&batch.skips[r * 5 + 5 - take..(r + 1) * 5], &exp_skips[..]);
             }
             let in_batch: HashSet<i64> = batch.items.iter().copied().collect();
             assert_eq!(batch.negatives.iter().collect::<HashSet<_>>().len(), 6);
-            assert!(batch.negatives.iter().all(|n| *n >= 2 && !in_batch.contains(n)));
+            assert!(batch
+                .negatives
+                .iter()
+                .all(|n| *n >= 2 && !in_batch.contains(n)));
         }
     }
 
@@ -404,10 +447,18 @@ mod tests {
         assert_eq!(base.n_examples(), 20); // 23 sessions minus sessions 0, 8, 16 (train_end < 2)
         let mut seen = Vec::new();
         for rank in 0..3 {
-            let l = loader(LoaderConfig { rank, world_size: 3, ..small() });
+            let l = loader(LoaderConfig {
+                rank,
+                world_size: 3,
+                ..small()
+            });
             let batches = collect(&l, 2, 0);
             assert_eq!(batches.len(), l.len());
-            seen.extend(batches.iter().flat_map(|b| b.sessions.iter().map(|&s| s as u32)));
+            seen.extend(
+                batches
+                    .iter()
+                    .flat_map(|b| b.sessions.iter().map(|&s| s as u32)),
+            );
         }
         assert_eq!(seen.len(), expected.len());
         assert_eq!(seen.into_iter().collect::<HashSet<_>>(), expected);
@@ -416,7 +467,12 @@ mod tests {
     #[test]
     fn drop_last_gives_equal_full_batches_on_every_rank() {
         for rank in 0..4 {
-            let l = loader(LoaderConfig { rank, world_size: 4, drop_last: true, ..small() });
+            let l = loader(LoaderConfig {
+                rank,
+                world_size: 4,
+                drop_last: true,
+                ..small()
+            });
             let batches = collect(&l, 0, 0);
             assert_eq!(batches.len(), 1); // 20 examples / 4 ranks = 5 each = one full batch of 4
             assert!(batches.iter().all(|b| b.rows == 4));
@@ -425,8 +481,22 @@ mod tests {
 
     #[test]
     fn identical_whatever_the_prefetch_and_resumable() {
-        let a = collect(&loader(LoaderConfig { prefetch: 1, ..small() }), 3, 0);
-        let b = collect(&loader(LoaderConfig { prefetch: 16, ..small() }), 3, 0);
+        let a = collect(
+            &loader(LoaderConfig {
+                prefetch: 1,
+                ..small()
+            }),
+            3,
+            0,
+        );
+        let b = collect(
+            &loader(LoaderConfig {
+                prefetch: 16,
+                ..small()
+            }),
+            3,
+            0,
+        );
         assert_eq!(a, b);
         let tail = collect(&loader(small()), 3, 2);
         assert_eq!(&a[2..], &tail[..]);
@@ -435,7 +505,11 @@ mod tests {
 
     #[test]
     fn dropping_early_stops_the_worker() {
-        let l = loader(LoaderConfig { batch_size: 1, prefetch: 1, ..small() });
+        let l = loader(LoaderConfig {
+            batch_size: 1,
+            prefetch: 1,
+            ..small()
+        });
         for _ in 0..20 {
             let mut it = l.epoch(0, 0).unwrap();
             assert!(it.next().unwrap().is_ok());
@@ -447,17 +521,59 @@ mod tests {
     fn errors_are_clear() {
         let err = |c: LoaderConfig| {
             let sampler = NegativeSampler::new(40, Distribution::Uniform, None, 0).unwrap();
-            BatchLoader::new(sessions(), sampler, c).err().unwrap().to_string()
+            BatchLoader::new(sessions(), sampler, c)
+                .err()
+                .unwrap()
+                .to_string()
         };
-        assert_eq!(err(LoaderConfig { rank: 2, world_size: 2, ..small() }), "rank must be in [0, world_size = 2), got 2");
-        assert_eq!(err(LoaderConfig { batch_size: 0, ..small() }), "batch_size must be at least 1, got 0");
-        let too_many = loader(LoaderConfig { n_negatives: 37, ..small() });
-        let first = too_many.epoch(0, 0).unwrap().next().unwrap().unwrap_err().to_string();
-        assert!(first.starts_with("epoch 0, batch 0: cannot draw 37 distinct negatives"), "{first}");
-        assert!(loader(small()).epoch(0, 99).err().unwrap().to_string().contains("past the end"));
-        let bad = Sessions::new(vec![0, 2], vec![2, 40], vec![0, 0], vec![2], 40).err().unwrap();
-        assert_eq!(bad.to_string(), "items[1] = 40 is not an item id (expected 2 <= id < vocab_size = 40)");
-        let bad = Sessions::new(vec![0, 2, 1], vec![2, 3], vec![0, 0], vec![2, 0], 40).err().unwrap();
-        assert!(bad.to_string().starts_with("offsets[2] = 1 is smaller than offsets[1] = 2"));
+        assert_eq!(
+            err(LoaderConfig {
+                rank: 2,
+                world_size: 2,
+                ..small()
+            }),
+            "rank must be in [0, world_size = 2), got 2"
+        );
+        assert_eq!(
+            err(LoaderConfig {
+                batch_size: 0,
+                ..small()
+            }),
+            "batch_size must be at least 1, got 0"
+        );
+        let too_many = loader(LoaderConfig {
+            n_negatives: 37,
+            ..small()
+        });
+        let first = too_many
+            .epoch(0, 0)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            first.starts_with("epoch 0, batch 0: cannot draw 37 distinct negatives"),
+            "{first}"
+        );
+        assert!(loader(small())
+            .epoch(0, 99)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("past the end"));
+        let bad = Sessions::new(vec![0, 2], vec![2, 40], vec![0, 0], vec![2], 40)
+            .err()
+            .unwrap();
+        assert_eq!(
+            bad.to_string(),
+            "items[1] = 40 is not an item id (expected 2 <= id < vocab_size = 40)"
+        );
+        let bad = Sessions::new(vec![0, 2, 1], vec![2, 3], vec![0, 0], vec![2, 0], 40)
+            .err()
+            .unwrap();
+        assert!(bad
+            .to_string()
+            .starts_with("offsets[2] = 1 is smaller than offsets[1] = 2"));
     }
 }

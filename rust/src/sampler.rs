@@ -18,6 +18,9 @@ pub const N_RESERVED: u32 = 2;
 /// Stream tag of the negative draws (keeps them apart from other keyed streams).
 const STREAM_NEGATIVES: u64 = 0x6e65_6761_7469_7665;
 
+/// Candidates drawn at a time before checking them (lets table lookups overlap).
+const DRAW_BLOCK: usize = 32;
+
 /// How negatives are distributed over the real items.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Distribution {
@@ -32,7 +35,9 @@ impl Distribution {
     pub fn parse(name: &str, alpha: f64) -> Result<Self> {
         match name {
             "uniform" => Ok(Distribution::Uniform),
-            "popularity" if alpha.is_finite() && alpha >= 0.0 => Ok(Distribution::Popularity { alpha }),
+            "popularity" if alpha.is_finite() && alpha >= 0.0 => {
+                Ok(Distribution::Popularity { alpha })
+            }
             "popularity" => Err(Error::Config(format!(
                 "alpha must be a finite number >= 0, got {alpha}"
             ))),
@@ -91,7 +96,12 @@ impl NegativeSampler {
         }
         let n_real = vocab_size - N_RESERVED as usize;
         let (table, n_positive) = match distribution {
-            Distribution::Uniform => (Table::Uniform { logq: -(n_real as f64).ln() as f32 }, n_real),
+            Distribution::Uniform => (
+                Table::Uniform {
+                    logq: -(n_real as f64).ln() as f32,
+                },
+                n_real,
+            ),
             Distribution::Popularity { alpha } => {
                 let counts = item_counts.ok_or_else(|| {
                     Error::Config("the popularity distribution needs item_counts".into())
@@ -105,7 +115,12 @@ impl NegativeSampler {
                 popularity_table(&counts[N_RESERVED as usize..], alpha)?
             }
         };
-        Ok(NegativeSampler { vocab_size: vocab_size as u32, seed, n_positive, table })
+        Ok(NegativeSampler {
+            vocab_size: vocab_size as u32,
+            seed,
+            n_positive,
+            table,
+        })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -130,13 +145,20 @@ impl NegativeSampler {
         }
     }
 
+    /// Fills `out` with independent draws from the distribution (with replacement).
     #[inline]
-    fn draw(&self, rng: &mut Rng) -> u32 {
-        N_RESERVED
-            + match &self.table {
-                Table::Uniform { .. } => rng.below((self.vocab_size - N_RESERVED) as u64) as u32,
-                Table::Popularity { alias, .. } => alias.draw(rng),
+    fn draw_many(&self, rng: &mut Rng, out: &mut [u32]) {
+        match &self.table {
+            Table::Uniform { .. } => {
+                let n = (self.vocab_size - N_RESERVED) as u64;
+                out.iter_mut()
+                    .for_each(|id| *id = N_RESERVED + rng.below(n) as u32);
             }
+            Table::Popularity { alias, .. } => {
+                alias.draw_many(rng, out);
+                out.iter_mut().for_each(|id| *id += N_RESERVED);
+            }
+        }
     }
 
     /// The random stream of one batch's draws.
@@ -177,13 +199,16 @@ impl NegativeSampler {
     ) -> Result<()> {
         ids.clear();
         logq.clear();
-        check_ids(exclude, self.vocab_size, "exclude")?;
         let words = (self.vocab_size as usize).div_ceil(64);
         if scratch.bits.len() != words {
             scratch.bits = vec![0; words];
         }
         let mut n_distinct_excluded = 0;
-        for &id in exclude {
+        for (pos, &id) in exclude.iter().enumerate() {
+            if id as u64 >= self.vocab_size as u64 {
+                clear(scratch, &exclude[..pos], &[]);
+                return check_ids(exclude, self.vocab_size, "exclude");
+            }
             if id >= N_RESERVED as i64 {
                 n_distinct_excluded += !scratch.test_and_set(id as u32) as usize;
             }
@@ -206,11 +231,17 @@ impl NegativeSampler {
         }
         let budget = 32 * k + 4096;
         let mut draws = 0;
-        while ids.len() < k && draws < budget {
-            draws += 1;
-            let id = self.draw(rng);
-            if !scratch.test_and_set(id) {
-                ids.push(id as i64);
+        let mut block = [0u32; DRAW_BLOCK];
+        'draw: while ids.len() < k && draws < budget {
+            draws += DRAW_BLOCK;
+            self.draw_many(rng, &mut block);
+            for &id in &block {
+                if !scratch.test_and_set(id) {
+                    ids.push(id as i64);
+                    if ids.len() == k {
+                        break 'draw;
+                    }
+                }
             }
         }
         if ids.len() < k {
@@ -278,12 +309,27 @@ fn popularity_table(counts: &[u64], alpha: f64) -> Result<(Table, usize)> {
     let log_max = (max as f64).ln();
     let weights: Vec<f64> = counts
         .iter()
-        .map(|&c| if c == 0 { 0.0 } else { (alpha * ((c as f64).ln() - log_max)).exp() })
+        .map(|&c| {
+            if c == 0 {
+                0.0
+            } else {
+                (alpha * ((c as f64).ln() - log_max)).exp()
+            }
+        })
         .collect();
     let log_total = weights.iter().sum::<f64>().ln();
-    let logq = weights.iter().map(|&w| (w.ln() - log_total) as f32).collect();
+    let logq = weights
+        .iter()
+        .map(|&w| (w.ln() - log_total) as f32)
+        .collect();
     let n_positive = weights.iter().filter(|&&w| w > 0.0).count();
-    Ok((Table::Popularity { alias: AliasTable::new(&weights), logq }, n_positive))
+    Ok((
+        Table::Popularity {
+            alias: AliasTable::new(&weights),
+            logq,
+        },
+        n_positive,
+    ))
 }
 
 #[cfg(test)]
@@ -292,7 +338,9 @@ mod tests {
     use std::collections::HashSet;
 
     fn counts(vocab: usize) -> Vec<u64> {
-        (0..vocab as u64).map(|i| if i < 2 { 0 } else { i % 7 }).collect()
+        (0..vocab as u64)
+            .map(|i| if i < 2 { 0 } else { i % 7 })
+            .collect()
     }
 
     #[test]
@@ -304,7 +352,9 @@ mod tests {
         let set: HashSet<i64> = ids.iter().copied().collect();
         assert_eq!(set.len(), 250, "duplicates in {ids:?}");
         let excluded: HashSet<i64> = exclude.into_iter().collect();
-        assert!(ids.iter().all(|id| *id >= 2 && *id < 500 && !excluded.contains(id)));
+        assert!(ids
+            .iter()
+            .all(|id| *id >= 2 && *id < 500 && !excluded.contains(id)));
         assert!(logq.iter().all(|&l| (l - -(498f32).ln()).abs() < 1e-6));
     }
 
@@ -313,7 +363,8 @@ mod tests {
         let vocab = 300;
         let c = counts(vocab);
         let sampler =
-            NegativeSampler::new(vocab, Distribution::Popularity { alpha: 0.75 }, Some(&c), 1).unwrap();
+            NegativeSampler::new(vocab, Distribution::Popularity { alpha: 0.75 }, Some(&c), 1)
+                .unwrap();
         let total: f64 = c.iter().map(|&x| (x as f64).powf(0.75)).sum();
         for batch in 0..20 {
             let (ids, logq) = sampler.sample(&[5, 6, 0], 50, 1, 0, batch).unwrap();
@@ -342,13 +393,26 @@ mod tests {
     #[test]
     fn k_too_large_is_an_error_and_exact_k_completes() {
         let c = counts(100);
-        let pop = NegativeSampler::new(100, Distribution::Popularity { alpha: 1.0 }, Some(&c), 0).unwrap();
+        let pop = NegativeSampler::new(100, Distribution::Popularity { alpha: 1.0 }, Some(&c), 0)
+            .unwrap();
         let n_positive = c.iter().filter(|&&x| x > 0).count();
         // Excluding an id of count 0 does not shrink the pool; excluding a positive one does.
         let (ids, _) = pop.sample(&[7, 14], n_positive, 0, 0, 0).unwrap();
-        assert_eq!(ids.iter().copied().collect::<HashSet<_>>().len(), n_positive);
-        let err = pop.sample(&[3], n_positive, 0, 0, 0).unwrap_err().to_string();
-        assert!(err.contains(&format!("cannot draw {n_positive} distinct negatives: only {} items", n_positive - 1)), "{err}");
+        assert_eq!(
+            ids.iter().copied().collect::<HashSet<_>>().len(),
+            n_positive
+        );
+        let err = pop
+            .sample(&[3], n_positive, 0, 0, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "cannot draw {n_positive} distinct negatives: only {} items",
+                n_positive - 1
+            )),
+            "{err}"
+        );
         // The scratch state was restored after the error: the next call still sees everything.
         assert!(pop.sample(&[], n_positive, 0, 0, 1).is_ok());
     }
@@ -358,7 +422,13 @@ mod tests {
         // One item holds almost all the mass; drawing every item needs the exact fallback.
         let mut c = vec![0u64, 0, 1_000_000_000];
         c.extend(std::iter::repeat(1).take(200));
-        let sampler = NegativeSampler::new(c.len(), Distribution::Popularity { alpha: 3.0 }, Some(&c), 0).unwrap();
+        let sampler = NegativeSampler::new(
+            c.len(),
+            Distribution::Popularity { alpha: 3.0 },
+            Some(&c),
+            0,
+        )
+        .unwrap();
         let (ids, logq) = sampler.sample(&[], 201, 0, 0, 0).unwrap();
         assert_eq!(ids.iter().copied().collect::<HashSet<_>>().len(), 201);
         assert!(logq.iter().all(|l| l.is_finite()));
@@ -367,13 +437,38 @@ mod tests {
     #[test]
     fn bad_arguments_are_config_errors() {
         let msg = |r: Result<NegativeSampler>| r.err().unwrap().to_string();
-        assert!(msg(NegativeSampler::new(2, Distribution::Uniform, None, 0)).contains("vocab_size must be"));
-        assert!(msg(NegativeSampler::new(10, Distribution::Popularity { alpha: 1.0 }, None, 0)).contains("needs item_counts"));
-        assert!(msg(NegativeSampler::new(10, Distribution::Popularity { alpha: 1.0 }, Some(&[0; 10]), 0)).contains("all zero"));
-        assert!(msg(NegativeSampler::new(10, Distribution::Popularity { alpha: 1.0 }, Some(&[1; 9]), 0)).contains("9 entries"));
-        assert!(Distribution::parse("zipf", 1.0).unwrap_err().to_string().contains("'uniform' or 'popularity'"));
+        assert!(msg(NegativeSampler::new(2, Distribution::Uniform, None, 0))
+            .contains("vocab_size must be"));
+        assert!(msg(NegativeSampler::new(
+            10,
+            Distribution::Popularity { alpha: 1.0 },
+            None,
+            0
+        ))
+        .contains("needs item_counts"));
+        assert!(msg(NegativeSampler::new(
+            10,
+            Distribution::Popularity { alpha: 1.0 },
+            Some(&[0; 10]),
+            0
+        ))
+        .contains("all zero"));
+        assert!(msg(NegativeSampler::new(
+            10,
+            Distribution::Popularity { alpha: 1.0 },
+            Some(&[1; 9]),
+            0
+        ))
+        .contains("9 entries"));
+        assert!(Distribution::parse("zipf", 1.0)
+            .unwrap_err()
+            .to_string()
+            .contains("'uniform' or 'popularity'"));
         let s = NegativeSampler::new(10, Distribution::Uniform, None, 0).unwrap();
         let err = s.sample(&[3, 10], 1, 0, 0, 0).unwrap_err().to_string();
-        assert_eq!(err, "exclude[1] = 10 is not an item id (expected 0 <= id < vocab_size = 10)");
+        assert_eq!(
+            err,
+            "exclude[1] = 10 is not an item id (expected 0 <= id < vocab_size = 10)"
+        );
     }
 }

@@ -99,7 +99,10 @@ impl SynthConfig {
             ));
         }
         if !(self.zipf_exponent.is_finite() && self.zipf_exponent >= 0.0) {
-            return bad(format!("zipf_exponent must be finite and >= 0, got {}", self.zipf_exponent));
+            return bad(format!(
+                "zipf_exponent must be finite and >= 0, got {}",
+                self.zipf_exponent
+            ));
         }
         Ok(())
     }
@@ -137,7 +140,10 @@ pub fn generate_mssd(path: &Path, config: &SynthConfig) -> Result<u64> {
         .num_threads(threads)
         .build()
         .map_err(|e| Error::Config(format!("cannot start {threads} threads: {e}")))?;
-    let io = |source: std::io::Error| Error::Io { file: path.to_path_buf(), source };
+    let io = |source: std::io::Error| Error::Io {
+        file: path.to_path_buf(),
+        source,
+    };
     let file = BufWriter::with_capacity(1 << 20, File::create(path).map_err(io)?);
     let mut out: Box<dyn Write> = if path.extension().is_some_and(|e| e == "gz") {
         Box::new(GzEncoder::new(file, Compression::fast()))
@@ -183,8 +189,9 @@ impl<'a> World<'a> {
     fn new(config: &'a SynthConfig) -> Self {
         let (t, n) = (config.n_tastes, config.n_items);
         let zipf = |size: usize| {
-            let weights: Vec<f64> =
-                (0..size).map(|r| ((r + 1) as f64).powf(-config.zipf_exponent)).collect();
+            let weights: Vec<f64> = (0..size)
+                .map(|r| ((r + 1) as f64).powf(-config.zipf_exponent))
+                .collect();
             AliasTable::new(&weights)
         };
         let small = n / t;
@@ -228,20 +235,33 @@ impl<'a> World<'a> {
         let cfg = self.config;
         let t = cfg.n_tastes;
         let taste = rng.below(t as u64) as usize;
-        let length = cfg.min_length + rng.below((cfg.max_length - cfg.min_length + 1) as u64) as usize;
+        let length =
+            cfg.min_length + rng.below((cfg.max_length - cfg.min_length + 1) as u64) as usize;
         let is_shuffle = rng.chance(0.3);
         let hour = rng.below(24);
         let date = &self.dates[rng.below(N_DAYS) as usize];
         let premium = rng.chance(0.75);
         let mut context = CONTEXT_TYPES[rng.below(CONTEXT_TYPES.len() as u64) as usize];
-        let mut reason_start = if rng.chance(0.7) { "clickrow" } else { "playbtn" };
+        let mut reason_start = if rng.chance(0.7) {
+            "clickrow"
+        } else {
+            "playbtn"
+        };
         let id = mix64((s as u64) ^ self.session_key);
 
         for position in 1..=length {
             let on_taste = rng.chance(cfg.on_taste_prob);
-            let play_taste = if on_taste { taste } else { (taste + 1 + rng.below(t as u64 - 1) as usize) % t };
+            let play_taste = if on_taste {
+                taste
+            } else {
+                (taste + 1 + rng.below(t as u64 - 1) as usize) % t
+            };
             let item = self.item(play_taste, rng);
-            let skip_2 = rng.chance(if on_taste { cfg.skip_prob_on } else { cfg.skip_prob_off });
+            let skip_2 = rng.chance(if on_taste {
+                cfg.skip_prob_on
+            } else {
+                cfg.skip_prob_off
+            });
             let skip_1 = skip_2 && rng.chance(0.5);
             let skip_3 = skip_2 || rng.chance(0.1);
             let context_switch = position > 1 && rng.chance(0.03);
@@ -255,10 +275,18 @@ impl<'a> World<'a> {
                 _ if pause < 0.95 => (false, true, false),
                 _ => (false, true, true),
             };
-            let seek_fwd = if skip_2 && rng.chance(0.1) { 1 + rng.below(2) } else { 0 };
+            let seek_fwd = if skip_2 && rng.chance(0.1) {
+                1 + rng.below(2)
+            } else {
+                0
+            };
             let seek_back = rng.chance(0.02) as u64;
             let reason_end = if skip_2 {
-                if rng.chance(0.85) { "fwdbtn" } else { "backbtn" }
+                if rng.chance(0.85) {
+                    "fwdbtn"
+                } else {
+                    "backbtn"
+                }
             } else if position == length && rng.chance(0.3) {
                 "endplay"
             } else {
@@ -295,7 +323,11 @@ impl<'a> World<'a> {
                 out.extend_from_slice(text.as_bytes());
             }
             out.push(b'\n');
-            reason_start = if reason_end == "endplay" { "clickrow" } else { reason_end };
+            reason_start = if reason_end == "endplay" {
+                "clickrow"
+            } else {
+                reason_end
+            };
         }
         length as u64
     }
@@ -317,7 +349,11 @@ fn push_uint(out: &mut Vec<u8>, mut v: u64) {
 
 fn push_hex(out: &mut Vec<u8>, v: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    out.extend((0..16).rev().map(|i| DIGITS[((v >> (4 * i)) & 15) as usize]));
+    out.extend(
+        (0..16)
+            .rev()
+            .map(|i| DIGITS[((v >> (4 * i)) & 15) as usize]),
+    );
 }
 
 /// `YYYY-MM-DD` of day `d` after 2018-07-01 (d < 92: July to September).
@@ -337,7 +373,14 @@ mod tests {
     use std::collections::HashMap;
 
     fn small(seed: u64, threads: usize) -> SynthConfig {
-        SynthConfig { n_sessions: 1500, n_items: 300, n_tastes: 6, seed, n_threads: threads, ..Default::default() }
+        SynthConfig {
+            n_sessions: 1500,
+            n_items: 300,
+            n_tastes: 6,
+            seed,
+            n_threads: threads,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -362,11 +405,15 @@ mod tests {
         let config = small(5, 2);
         let rows = generate_mssd(&path, &config).unwrap();
         let mut text = String::new();
-        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(File::open(&path).unwrap()), &mut text)
-            .unwrap();
+        std::io::Read::read_to_string(
+            &mut flate2::read::GzDecoder::new(File::open(&path).unwrap()),
+            &mut text,
+        )
+        .unwrap();
         let mut lines = text.lines();
         assert_eq!(lines.next(), Some(HEADER));
-        let taste_of: HashMap<String, usize> = (0..config.n_items).map(|i| (track_id(i), i % 6)).collect();
+        let taste_of: HashMap<String, usize> =
+            (0..config.n_items).map(|i| (track_id(i), i % 6)).collect();
         let mut sessions: HashMap<&str, Vec<Vec<&str>>> = HashMap::new();
         for line in lines {
             let fields: Vec<&str> = line.split(',').collect();
@@ -387,16 +434,31 @@ mod tests {
             for (i, p) in plays.iter().enumerate() {
                 assert_eq!(p[1], (i + 1).to_string());
                 assert_eq!(p[2], n.to_string());
-                let (s1, s2, s3, ns) = (p[4] == "True", p[5] == "True", p[6] == "True", p[7] == "True");
-                assert!((!s1 || s2) && (!s2 || s3) && ns == !s3, "{p:?}");
-                let bucket = if taste_of[p[3]] == taste { &mut on } else { &mut off };
+                let (s1, s2, s3, ns) = (
+                    p[4] == "True",
+                    p[5] == "True",
+                    p[6] == "True",
+                    p[7] == "True",
+                );
+                assert!((!s1 || s2) && (!s2 || s3) && ns != s3, "{p:?}");
+                let bucket = if taste_of[p[3]] == taste {
+                    &mut on
+                } else {
+                    &mut off
+                };
                 bucket.0 += s2 as u8 as f64;
                 bucket.1 += 1.0;
             }
         }
         let (on_rate, off_rate) = (on.0 / on.1, off.0 / off.1);
-        assert!((on_rate - 0.15).abs() < 0.03, "on-taste skip rate {on_rate}");
-        assert!((off_rate - 0.8).abs() < 0.05, "off-taste skip rate {off_rate}");
+        assert!(
+            (on_rate - 0.15).abs() < 0.03,
+            "on-taste skip rate {on_rate}"
+        );
+        assert!(
+            (off_rate - 0.8).abs() < 0.05,
+            "off-taste skip rate {off_rate}"
+        );
     }
 
     #[test]
@@ -405,13 +467,27 @@ mod tests {
         let p = dir.path().join("x.csv");
         let err = |c: SynthConfig| generate_mssd(&p, &c).unwrap_err().to_string();
         assert_eq!(
-            err(SynthConfig { skip_prob_on: 1.5, ..small(0, 1) }),
+            err(SynthConfig {
+                skip_prob_on: 1.5,
+                ..small(0, 1)
+            }),
             "skip_prob_on must be a probability in [0, 1], got 1.5"
         );
-        assert!(err(SynthConfig { n_tastes: 1, ..small(0, 1) }).starts_with("need 2 <= n_tastes"));
-        assert!(err(SynthConfig { min_length: 5, max_length: 4, ..small(0, 1) }).contains("min_length"));
+        assert!(err(SynthConfig {
+            n_tastes: 1,
+            ..small(0, 1)
+        })
+        .starts_with("need 2 <= n_tastes"));
+        assert!(err(SynthConfig {
+            min_length: 5,
+            max_length: 4,
+            ..small(0, 1)
+        })
+        .contains("min_length"));
         let missing = dir.path().join("no/such/dir.csv");
-        let io = generate_mssd(&missing, &small(0, 1)).unwrap_err().to_string();
+        let io = generate_mssd(&missing, &small(0, 1))
+            .unwrap_err()
+            .to_string();
         assert!(io.starts_with(&format!("{}: ", missing.display())), "{io}");
     }
 

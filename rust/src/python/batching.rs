@@ -57,7 +57,10 @@ impl PyNegativeSampler {
         seed: u64,
     ) -> PyResult<Self> {
         let inner = build_sampler(vocab_size, distribution, alpha, item_counts, seed)?;
-        Ok(PyNegativeSampler { inner, scratch: Mutex::new(Scratch::default()) })
+        Ok(PyNegativeSampler {
+            inner,
+            scratch: Mutex::new(Scratch::default()),
+        })
     }
 
     #[getter]
@@ -93,7 +96,10 @@ impl PyNegativeSampler {
         py: Python<'py>,
         ids: PyReadonlyArrayDyn<'py, i64>,
     ) -> PyResult<Bound<'py, PyArray1<f32>>> {
-        let logq = self.inner.log_prob(slice(&ids, "ids")?).map_err(to_py_err)?;
+        let logq = self
+            .inner
+            .log_prob(slice(&ids, "ids")?)
+            .map_err(to_py_err)?;
         Ok(logq.into_pyarray(py))
     }
 }
@@ -194,8 +200,12 @@ fn to_numpy(py: Python<'_>, b: Batch) -> PyResult<PyBatch<'_>> {
     let shape = (b.rows, b.seq_len);
     let shape_err = |e: numpy::ndarray::ShapeError| PyValueError::new_err(e.to_string());
     Ok((
-        Array2::from_shape_vec(shape, b.items).map_err(shape_err)?.into_pyarray(py),
-        Array2::from_shape_vec(shape, b.skips).map_err(shape_err)?.into_pyarray(py),
+        Array2::from_shape_vec(shape, b.items)
+            .map_err(shape_err)?
+            .into_pyarray(py),
+        Array2::from_shape_vec(shape, b.skips)
+            .map_err(shape_err)?
+            .into_pyarray(py),
         b.negatives.into_pyarray(py),
         b.neg_logq.into_pyarray(py),
         b.sessions.into_pyarray(py),

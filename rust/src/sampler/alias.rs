@@ -5,9 +5,15 @@ use super::rng::Rng;
 /// Draws column `i` with probability `weights[i] / sum(weights)`; zero weights are never drawn.
 #[derive(Clone, Debug)]
 pub struct AliasTable {
-    /// Keep column `i` when a uniform u64 is below `threshold[i]`, else take `alias[i]`.
-    threshold: Vec<u64>,
-    alias: Vec<u32>,
+    /// One cache access per draw: threshold and alias of a column side by side.
+    columns: Vec<Column>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Column {
+    /// Keep the column when a uniform u32 is below this, else take `alias`.
+    threshold: u32,
+    alias: u32,
 }
 
 impl AliasTable {
@@ -17,7 +23,7 @@ impl AliasTable {
         let total: f64 = weights.iter().sum();
         debug_assert!(n > 0 && total > 0.0 && total.is_finite());
         let mut scaled: Vec<f64> = weights.iter().map(|w| w * n as f64 / total).collect();
-        let mut threshold = vec![u64::MAX; n];
+        let mut threshold = vec![u32::MAX; n];
         let mut alias: Vec<u32> = (0..n as u32).collect();
         let (mut small, mut large): (Vec<u32>, Vec<u32>) =
             (0..n as u32).partition(|&i| scaled[i as usize] < 1.0);
@@ -36,34 +42,57 @@ impl AliasTable {
         let positive = weights.iter().position(|&w| w > 0.0).unwrap_or(0) as u32;
         for i in small.into_iter().chain(large) {
             if weights[i as usize] > 0.0 {
-                threshold[i as usize] = u64::MAX;
+                threshold[i as usize] = u32::MAX;
                 alias[i as usize] = i;
             } else {
                 threshold[i as usize] = 0;
                 alias[i as usize] = positive;
             }
         }
-        AliasTable { threshold, alias }
+        let columns = threshold
+            .into_iter()
+            .zip(alias)
+            .map(|(threshold, alias)| Column { threshold, alias });
+        AliasTable {
+            columns: columns.collect(),
+        }
+    }
+
+    /// One draw from one 64-bit word: the column from a multiply-shift of the whole word
+    /// (bias <= n / 2^64), the coin from its low 32 bits.
+    #[inline]
+    fn resolve(&self, word: u64) -> u32 {
+        let column = ((word as u128 * self.columns.len() as u128) >> 64) as usize;
+        let entry = self.columns[column];
+        if (word as u32) < entry.threshold {
+            column as u32
+        } else {
+            entry.alias
+        }
     }
 
     #[inline]
     pub fn draw(&self, rng: &mut Rng) -> u32 {
-        let column = rng.below(self.threshold.len() as u64) as usize;
-        if rng.next_u64() < self.threshold[column] {
-            column as u32
-        } else {
-            self.alias[column]
+        self.resolve(rng.next_u64())
+    }
+
+    /// Fills `out` with independent draws (a tight loop, so the cache misses of the table
+    /// lookups overlap).
+    #[inline]
+    pub fn draw_many(&self, rng: &mut Rng, out: &mut [u32]) {
+        for slot in out.iter_mut() {
+            *slot = self.resolve(rng.next_u64());
         }
     }
 }
 
-fn to_threshold(p: f64) -> u64 {
+fn to_threshold(p: f64) -> u32 {
     if p <= 0.0 {
         0
     } else if p >= 1.0 {
-        u64::MAX
+        u32::MAX
     } else {
-        (p * 18_446_744_073_709_551_616.0) as u64
+        (p * 4_294_967_296.0) as u32
     }
 }
 
@@ -88,7 +117,10 @@ mod tests {
             if w == 0.0 {
                 assert_eq!(counts[i], 0, "zero-weight column {i} was drawn");
             } else {
-                assert!((freq - expected).abs() < 0.01, "column {i}: {freq} vs {expected}");
+                assert!(
+                    (freq - expected).abs() < 0.01,
+                    "column {i}: {freq} vs {expected}"
+                );
             }
         }
     }

@@ -12,7 +12,9 @@ pub fn mix64(mut z: u64) -> u64 {
 
 /// Hashes a sequence of words into one 64-bit key (order matters).
 pub fn hash_key(words: &[u64]) -> u64 {
-    words.iter().fold(0x6A09_E667_F3BC_C909, |h, &w| mix64(h ^ mix64(w)))
+    words
+        .iter()
+        .fold(0x6A09_E667_F3BC_C909, |h, &w| mix64(h ^ mix64(w)))
 }
 
 /// xoshiro256++ (Blackman & Vigna), seeded from a 64-bit key by splitmix64.
@@ -83,9 +85,24 @@ mod tests {
 
     #[test]
     fn keyed_streams_are_reproducible_and_distinct() {
-        let a: Vec<u64> = (0..4).map({ let mut r = Rng::keyed(&[1, 2, 3]); move |_| r.next_u64() }).collect();
-        let b: Vec<u64> = (0..4).map({ let mut r = Rng::keyed(&[1, 2, 3]); move |_| r.next_u64() }).collect();
-        let c: Vec<u64> = (0..4).map({ let mut r = Rng::keyed(&[1, 3, 2]); move |_| r.next_u64() }).collect();
+        let a: Vec<u64> = (0..4)
+            .map({
+                let mut r = Rng::keyed(&[1, 2, 3]);
+                move |_| r.next_u64()
+            })
+            .collect();
+        let b: Vec<u64> = (0..4)
+            .map({
+                let mut r = Rng::keyed(&[1, 2, 3]);
+                move |_| r.next_u64()
+            })
+            .collect();
+        let c: Vec<u64> = (0..4)
+            .map({
+                let mut r = Rng::keyed(&[1, 3, 2]);
+                move |_| r.next_u64()
+            })
+            .collect();
         assert_eq!(a, b);
         assert_ne!(a, c);
     }
