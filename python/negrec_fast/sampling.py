@@ -4,6 +4,9 @@
 background Rust thread (prefetching ahead of the training loop); `NegativeSampler` draws
 the same negatives on its own. Draws are keyed by ``(seed, epoch, rank, batch_index)``,
 so they do not depend on threads, prefetch depth or where an epoch is resumed.
+Each epoch iterator owns one background thread (no thread pool), which stops when the
+iterator is exhausted, closed or dropped; nothing runs between epochs, so forking
+(e.g. DataLoader workers) is safe.
 """
 
 from __future__ import annotations

@@ -391,6 +391,31 @@ mod tests {
     }
 
     #[test]
+    fn same_draws_from_any_thread() {
+        let c = counts(5000);
+        let sampler =
+            NegativeSampler::new(5000, Distribution::Popularity { alpha: 1.0 }, Some(&c), 5)
+                .unwrap();
+        let exclude: Vec<i64> = (2..300).collect();
+        let sequential: Vec<_> = (0..8)
+            .map(|b| sampler.sample(&exclude, 100, 2, 1, b).unwrap())
+            .collect();
+        let parallel: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .rev()
+                .map(|b| {
+                    let (sampler, exclude) = (&sampler, &exclude);
+                    scope.spawn(move || sampler.sample(exclude, 100, 2, 1, b).unwrap())
+                })
+                .collect();
+            let mut out: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+            out.reverse();
+            out
+        });
+        assert_eq!(sequential, parallel);
+    }
+
+    #[test]
     fn k_too_large_is_an_error_and_exact_k_completes() {
         let c = counts(100);
         let pop = NegativeSampler::new(100, Distribution::Popularity { alpha: 1.0 }, Some(&c), 0)
