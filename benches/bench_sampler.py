@@ -2,7 +2,8 @@
 
 Both implement the same contract: K distinct ids, none reserved (< 2), none among the
 batch's items, with log q. The Rust benchmark records its speed-up over the numpy one
-measured in the same run (``extra_info['speedup_vs_numpy']``, target >= 50).
+measured in the same run (``extra_info['speedup_vs_numpy']``, target >= 50): Rust's
+median time per batch against numpy's best of three 16-batch passes.
 Run: ``pytest benches/bench_sampler.py --benchmark-only``.
 """
 
@@ -88,7 +89,7 @@ def test_rust_sampler(benchmark, setup, distribution):
     ids, logq = one_batch()
     assert len(set(ids.tolist())) == K and not np.isin(ids.numpy(), batches[0]).any()
     benchmark(one_batch)
-    rust = benchmark.stats.stats.mean
+    rust = benchmark.stats.stats.median  # robust to preemption on a busy machine
     numpy_per_batch = numpy_timing(distribution, q, batches)
     benchmark.extra_info["batches_per_s"] = 1 / rust
     benchmark.extra_info["numpy_batches_per_s"] = 1 / numpy_per_batch
