@@ -11,4 +11,85 @@ class InputError(NegrecError): ...
 
 # --- sampling and batching (rust/src/python/batching.rs) ---
 
+import numpy as np
+import numpy.typing as npt
+
+class NegativeSampler:
+    def __init__(
+        self,
+        vocab_size: int,
+        *,
+        distribution: str = "uniform",
+        alpha: float = 1.0,
+        item_counts: npt.NDArray[np.uint64] | None = None,
+        seed: int = 0,
+    ) -> None: ...
+    @property
+    def vocab_size(self) -> int: ...
+    def sample(
+        self, exclude: npt.NDArray[np.int64], k: int, *, epoch: int = 0, rank: int = 0, batch_index: int = 0
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
+    def log_prob(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]: ...
+
+class BatchLoader:
+    def __init__(
+        self,
+        offsets: npt.NDArray[np.int64],
+        items: npt.NDArray[np.uint32],
+        skips: npt.NDArray[np.uint8],
+        train_end: npt.NDArray[np.int32],
+        *,
+        vocab_size: int,
+        batch_size: int = 256,
+        seq_len: int = 51,
+        n_negatives: int = 1000,
+        distribution: str = "uniform",
+        alpha: float = 1.0,
+        item_counts: npt.NDArray[np.uint64] | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        prefetch: int = 4,
+    ) -> None: ...
+    def __len__(self) -> int: ...
+    @property
+    def n_examples(self) -> int: ...
+    def shard(self, epoch: int) -> npt.NDArray[np.uint32]: ...
+    def epoch(self, epoch: int, start_batch: int = 0) -> EpochIterator: ...
+
+class EpochIterator:
+    """Yields (items int64[B,L], skips bool[B,L], negatives int64[K], neg_logq float32[K], sessions int64[B])."""
+
+    def __iter__(self) -> EpochIterator: ...
+    def __next__(
+        self,
+    ) -> tuple[
+        npt.NDArray[np.int64],
+        npt.NDArray[np.bool_],
+        npt.NDArray[np.int64],
+        npt.NDArray[np.float32],
+        npt.NDArray[np.int64],
+    ]: ...
+    def __len__(self) -> int: ...
+    def close(self) -> None: ...
+
 # --- synthetic data (rust/src/python/synth.rs) ---
+
+def generate_mssd(
+    path: str,
+    *,
+    n_sessions: int,
+    n_items: int,
+    n_tastes: int,
+    on_taste_prob: float,
+    skip_prob_on: float,
+    skip_prob_off: float,
+    min_length: int,
+    max_length: int,
+    zipf_exponent: float,
+    seed: int,
+    n_threads: int = 0,
+) -> int: ...
+def synth_track_ids(n_items: int) -> list[str]: ...

@@ -1,1 +1,579 @@
-//! (to be written)
+//! Training batches: left-padded windows of session prefixes plus per-batch negatives,
+//! built ahead of the consumer by a background thread.
+//!
+//! The epoch order is a permutation keyed by `(seed, epoch)`, the same on every rank, then
+//! sharded by striding (`rank, rank + world_size, ...`); negatives are keyed by
+//! `(seed, epoch, rank, batch_index)`. Batches are thus the same whatever the prefetch depth
+//! and wherever an epoch is resumed.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Receiver};
+
+use crate::error::{Error, Result};
+use crate::sampler::rng::Rng;
+use crate::sampler::{NegativeSampler, Scratch, N_RESERVED};
+
+/// Stream tag of the epoch permutation.
+const STREAM_SHUFFLE: u64 = 0x7368_7566_666c_6521;
+
+/// Sessions in CSR form: session `s` holds plays `offsets[s]..offsets[s + 1]`, of which
+/// `[0, train_end[s])` are for training.
+pub struct Sessions {
+    offsets: Vec<i64>,
+    items: Vec<u32>,
+    skips: Vec<u8>,
+    train_end: Vec<i32>,
+}
+
+impl Sessions {
+    /// Checks the arrays against each other and against `vocab_size`.
+    pub fn new(
+        offsets: Vec<i64>,
+        items: Vec<u32>,
+        skips: Vec<u8>,
+        train_end: Vec<i32>,
+        vocab_size: usize,
+    ) -> Result<Self> {
+        let bad = |message: String| Err(Error::Config(message));
+        if offsets.len() != train_end.len() + 1 {
+            return bad(format!(
+                "offsets has {} entries but train_end has {} (expected one more offset than sessions)",
+                offsets.len(),
+                train_end.len()
+            ));
+        }
+        if offsets[0] != 0 {
+            return bad(format!("offsets[0] = {} (expected 0)", offsets[0]));
+        }
+        if let Some(s) = offsets.windows(2).position(|w| w[1] < w[0]) {
+            return bad(format!(
+                "offsets[{}] = {} is smaller than offsets[{s}] = {} (expected non-decreasing offsets)",
+                s + 1,
+                offsets[s + 1],
+                offsets[s]
+            ));
+        }
+        let n = *offsets.last().unwrap_or(&0);
+        if n as usize != items.len() || skips.len() != items.len() {
+            return bad(format!(
+                "offsets end at {n} but items has {} entries and skips {} (expected all three equal)",
+                items.len(),
+                skips.len()
+            ));
+        }
+        if let Some(s) = (0..train_end.len())
+            .find(|&s| train_end[s] < 0 || train_end[s] as i64 > offsets[s + 1] - offsets[s])
+        {
+            return bad(format!(
+                "train_end[{s}] = {} is outside the session's {} plays",
+                train_end[s],
+                offsets[s + 1] - offsets[s]
+            ));
+        }
+        if let Some(i) = items
+            .iter()
+            .position(|&id| id < N_RESERVED || id as usize >= vocab_size)
+        {
+            return bad(format!(
+                "items[{i}] = {} is not an item id (expected {N_RESERVED} <= id < vocab_size = {vocab_size})",
+                items[i]
+            ));
+        }
+        Ok(Sessions {
+            offsets,
+            items,
+            skips,
+            train_end,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.train_end.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.train_end.is_empty()
+    }
+}
+
+/// Shape and order of the batches.
+#[derive(Clone, Debug)]
+pub struct LoaderConfig {
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub n_negatives: usize,
+    pub seed: u64,
+    pub rank: usize,
+    pub world_size: usize,
+    pub shuffle: bool,
+    pub drop_last: bool,
+    /// How many batches the background thread may build ahead.
+    pub prefetch: usize,
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        LoaderConfig {
+            batch_size: 256,
+            seq_len: 51,
+            n_negatives: 1000,
+            seed: 0,
+            rank: 0,
+            world_size: 1,
+            shuffle: true,
+            drop_last: false,
+            prefetch: 4,
+        }
+    }
+}
+
+/// One batch, row-major; `rows <= batch_size` (the last batch may be partial).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    pub rows: usize,
+    pub seq_len: usize,
+    /// `[rows, seq_len]`, left-padded with 0.
+    pub items: Vec<i64>,
+    /// `[rows, seq_len]`, false on padding.
+    pub skips: Vec<bool>,
+    /// `[K]` distinct ids, none reserved, none among `items`.
+    pub negatives: Vec<i64>,
+    /// `[K]` log q of each negative.
+    pub neg_logq: Vec<f32>,
+    /// `[rows]` session index of each row.
+    pub sessions: Vec<i64>,
+}
+
+struct Inner {
+    sessions: Sessions,
+    /// Sessions with at least two training plays, in dataset order.
+    examples: Vec<u32>,
+    sampler: NegativeSampler,
+    config: LoaderConfig,
+}
+
+/// Epoch iterator factory over a fixed set of sessions.
+#[derive(Clone)]
+pub struct BatchLoader {
+    inner: Arc<Inner>,
+}
+
+impl BatchLoader {
+    pub fn new(sessions: Sessions, sampler: NegativeSampler, config: LoaderConfig) -> Result<Self> {
+        let c = &config;
+        let positive = [
+            ("batch_size", c.batch_size),
+            ("seq_len", c.seq_len),
+            ("world_size", c.world_size),
+            ("prefetch", c.prefetch),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(Error::Config(format!("{name} must be at least 1, got 0")));
+        }
+        if c.rank >= c.world_size {
+            return Err(Error::Config(format!(
+                "rank must be in [0, world_size = {}), got {}",
+                c.world_size, c.rank
+            )));
+        }
+        let examples = (0..sessions.len() as u32)
+            .filter(|&s| sessions.train_end[s as usize] >= 2)
+            .collect();
+        Ok(BatchLoader {
+            inner: Arc::new(Inner {
+                sessions,
+                examples,
+                sampler,
+                config,
+            }),
+        })
+    }
+
+    /// Training examples over all ranks (sessions with `train_end >= 2`).
+    pub fn n_examples(&self) -> usize {
+        self.inner.examples.len()
+    }
+
+    /// Batches per epoch for this rank.
+    pub fn len(&self) -> usize {
+        let c = &self.inner.config;
+        let n = self.shard_len();
+        if c.drop_last {
+            n / c.batch_size
+        } else {
+            n.div_ceil(c.batch_size)
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Examples of this rank: the strided share of the epoch order, truncated to the
+    /// smallest rank's share under `drop_last` so that every rank has as many batches.
+    fn shard_len(&self) -> usize {
+        let c = &self.inner.config;
+        let n = self.inner.examples.len();
+        if c.drop_last {
+            n / c.world_size
+        } else {
+            (n + c.world_size - 1 - c.rank) / c.world_size
+        }
+    }
+
+    /// This rank's session indices for `epoch`, in order.
+    pub fn shard(&self, epoch: u64) -> Vec<u32> {
+        let inner = &self.inner;
+        let mut order = inner.examples.clone();
+        if inner.config.shuffle {
+            let mut rng = Rng::keyed(&[inner.config.seed, STREAM_SHUFFLE, epoch]);
+            for i in (1..order.len()).rev() {
+                order.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+        }
+        order
+            .into_iter()
+            .skip(inner.config.rank)
+            .step_by(inner.config.world_size)
+            .take(self.shard_len())
+            .collect()
+    }
+
+    /// Iterates over the batches of `epoch` from `start_batch` on, built by a background
+    /// thread; dropping the iterator stops that thread.
+    pub fn epoch(&self, epoch: u64, start_batch: usize) -> Result<EpochIter> {
+        let n_batches = self.len();
+        if start_batch > n_batches {
+            return Err(Error::Config(format!(
+                "start_batch = {start_batch} is past the end of the epoch ({n_batches} batches)"
+            )));
+        }
+        let (tx, rx) = bounded(self.inner.config.prefetch);
+        let loader = self.clone();
+        let worker = std::thread::Builder::new()
+            .name("negrec-batches".into())
+            .spawn(move || {
+                let shard = loader.shard(epoch);
+                let mut scratch = Scratch::default();
+                for b in start_batch..n_batches {
+                    let batch = loader.inner.build(&shard, epoch, b, &mut scratch);
+                    let failed = batch.is_err();
+                    if tx.send(batch).is_err() || failed {
+                        break; // consumer gone, or the error was delivered
+                    }
+                }
+            })
+            .map_err(|e| Error::Config(format!("cannot start the batch thread: {e}")))?;
+        Ok(EpochIter {
+            rx: Some(rx),
+            worker: Some(worker),
+            remaining: n_batches - start_batch,
+        })
+    }
+}
+
+impl Inner {
+    fn build(&self, shard: &[u32], epoch: u64, b: usize, scratch: &mut Scratch) -> Result<Batch> {
+        let (bs, len) = (self.config.batch_size, self.config.seq_len);
+        let rows = &shard[b * bs..((b + 1) * bs).min(shard.len())];
+        let mut items = vec![0i64; rows.len() * len];
+        let mut skips = vec![false; rows.len() * len];
+        for (r, &s) in rows.iter().enumerate() {
+            let start = self.sessions.offsets[s as usize] as usize;
+            let end = start + self.sessions.train_end[s as usize] as usize;
+            let from = end.saturating_sub(len).max(start);
+            let pad = len - (end - from);
+            let row = r * len + pad..(r + 1) * len;
+            for (dst, &id) in items[row.clone()]
+                .iter_mut()
+                .zip(&self.sessions.items[from..end])
+            {
+                *dst = id as i64;
+            }
+            for (dst, &skip) in skips[row].iter_mut().zip(&self.sessions.skips[from..end]) {
+                *dst = skip != 0;
+            }
+        }
+        let k = self.config.n_negatives;
+        let (mut negatives, mut neg_logq) = (Vec::with_capacity(k), Vec::with_capacity(k));
+        let mut rng = self
+            .sampler
+            .batch_rng(epoch, self.config.rank as u64, b as u64);
+        self.sampler
+            .sample_into(&items, k, &mut rng, scratch, &mut negatives, &mut neg_logq)
+            .map_err(|e| Error::Config(format!("epoch {epoch}, batch {b}: {e}")))?;
+        Ok(Batch {
+            rows: rows.len(),
+            seq_len: len,
+            items,
+            skips,
+            negatives,
+            neg_logq,
+            sessions: rows.iter().map(|&s| s as i64).collect(),
+        })
+    }
+}
+
+/// The batches of one epoch, as the background thread delivers them.
+pub struct EpochIter {
+    rx: Option<Receiver<Result<Batch>>>,
+    worker: Option<JoinHandle<()>>,
+    remaining: usize,
+}
+
+impl EpochIter {
+    /// Batches not yet returned.
+    pub fn remaining(&self) -> usize {
+        self.remaining
+    }
+}
+
+impl Iterator for EpochIter {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Result<Batch>> {
+        let batch = self.rx.as_ref()?.recv().ok();
+        match &batch {
+            Some(Ok(_)) => self.remaining -= 1,
+            _ => self.remaining = 0,
+        }
+        batch
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining, Some(self.remaining))
+    }
+}
+
+impl Drop for EpochIter {
+    fn drop(&mut self) {
+        // Closing the channel makes the worker's next send fail, so it stops after at
+        // most the batch it is building.
+        drop(self.rx.take());
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampler::Distribution;
+    use std::collections::HashSet;
+
+    /// 23 sessions of 1..=8 plays; ids cycle through 2..40.
+    fn sessions() -> Sessions {
+        let mut offsets = vec![0i64];
+        let (mut items, mut skips, mut train_end) = (vec![], vec![], vec![]);
+        for s in 0..23u32 {
+            let n = s % 8 + 1;
+            for p in 0..n {
+                items.push(2 + (s * 7 + p) % 38);
+                skips.push(((s + p) % 3 == 0) as u8);
+            }
+            offsets.push(items.len() as i64);
+            train_end.push(if s % 5 == 0 { n as i32 - 1 } else { n as i32 });
+        }
+        Sessions::new(offsets, items, skips, train_end, 40).unwrap()
+    }
+
+    fn loader(config: LoaderConfig) -> BatchLoader {
+        let sampler = NegativeSampler::new(40, Distribution::Uniform, None, config.seed).unwrap();
+        BatchLoader::new(sessions(), sampler, config).unwrap()
+    }
+
+    fn small() -> LoaderConfig {
+        LoaderConfig {
+            batch_size: 4,
+            seq_len: 5,
+            n_negatives: 6,
+            seed: 11,
+            ..Default::default()
+        }
+    }
+
+    fn collect(loader: &BatchLoader, epoch: u64, start: usize) -> Vec<Batch> {
+        loader
+            .epoch(epoch, start)
+            .unwrap()
+            .map(|b| b.unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn rows_are_left_padded_suffixes_of_the_training_prefix() {
+        let data = sessions();
+        let l = loader(LoaderConfig {
+            shuffle: false,
+            ..small()
+        });
+        let batches = collect(&l, 0, 0);
+        assert_eq!(batches.len(), l.len());
+        for batch in &batches {
+            for (r, &s) in batch.sessions.iter().enumerate() {
+                let s = s as usize;
+                let start = data.offsets[s] as usize;
+                let end = start + data.train_end[s] as usize;
+                let take = (end - start).min(5);
+                let row = &batch.items[r * 5..(r + 1) * 5];
+                let expected: Vec<i64> = std::iter::repeat(0)
+                    .take(5 - take)
+                    .chain(data.items[end - take..end].iter().map(|&i| i as i64))
+                    .collect();
+                assert_eq!(row, &expected[..], "session {s}");
+                assert!(batch.skips[r * 5..r * 5 + 5 - take].iter().all(|&x| !x));
+                let exp_skips: Vec<bool> = data.skips[end - take..end]
+                    .iter()
+                    .map(|&x| x != 0)
+                    .collect();
+                assert_eq!(&batch.skips[r * 5 + 5 - take..(r + 1) * 5], &exp_skips[..]);
+            }
+            let in_batch: HashSet<i64> = batch.items.iter().copied().collect();
+            assert_eq!(batch.negatives.iter().collect::<HashSet<_>>().len(), 6);
+            assert!(batch
+                .negatives
+                .iter()
+                .all(|n| *n >= 2 && !in_batch.contains(n)));
+        }
+    }
+
+    #[test]
+    fn sharding_covers_every_example_once() {
+        let base = loader(small());
+        let expected: HashSet<u32> = base.inner.examples.iter().copied().collect();
+        assert_eq!(base.n_examples(), 20); // 23 sessions minus sessions 0, 8, 16 (train_end < 2)
+        let mut seen = Vec::new();
+        for rank in 0..3 {
+            let l = loader(LoaderConfig {
+                rank,
+                world_size: 3,
+                ..small()
+            });
+            let batches = collect(&l, 2, 0);
+            assert_eq!(batches.len(), l.len());
+            seen.extend(
+                batches
+                    .iter()
+                    .flat_map(|b| b.sessions.iter().map(|&s| s as u32)),
+            );
+        }
+        assert_eq!(seen.len(), expected.len());
+        assert_eq!(seen.into_iter().collect::<HashSet<_>>(), expected);
+    }
+
+    #[test]
+    fn drop_last_gives_equal_full_batches_on_every_rank() {
+        for rank in 0..4 {
+            let l = loader(LoaderConfig {
+                rank,
+                world_size: 4,
+                drop_last: true,
+                ..small()
+            });
+            let batches = collect(&l, 0, 0);
+            assert_eq!(batches.len(), 1); // 20 examples / 4 ranks = 5 each = one full batch of 4
+            assert!(batches.iter().all(|b| b.rows == 4));
+        }
+    }
+
+    #[test]
+    fn identical_whatever_the_prefetch_and_resumable() {
+        let a = collect(
+            &loader(LoaderConfig {
+                prefetch: 1,
+                ..small()
+            }),
+            3,
+            0,
+        );
+        let b = collect(
+            &loader(LoaderConfig {
+                prefetch: 16,
+                ..small()
+            }),
+            3,
+            0,
+        );
+        assert_eq!(a, b);
+        let tail = collect(&loader(small()), 3, 2);
+        assert_eq!(&a[2..], &tail[..]);
+        assert_ne!(a, collect(&loader(small()), 4, 0), "epochs should differ");
+    }
+
+    #[test]
+    fn dropping_early_stops_the_worker() {
+        let l = loader(LoaderConfig {
+            batch_size: 1,
+            prefetch: 1,
+            ..small()
+        });
+        for _ in 0..20 {
+            let mut it = l.epoch(0, 0).unwrap();
+            assert!(it.next().unwrap().is_ok());
+            drop(it); // joins the worker; a leak or hang would block here
+        }
+    }
+
+    #[test]
+    fn errors_are_clear() {
+        let err = |c: LoaderConfig| {
+            let sampler = NegativeSampler::new(40, Distribution::Uniform, None, 0).unwrap();
+            BatchLoader::new(sessions(), sampler, c)
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            err(LoaderConfig {
+                rank: 2,
+                world_size: 2,
+                ..small()
+            }),
+            "rank must be in [0, world_size = 2), got 2"
+        );
+        assert_eq!(
+            err(LoaderConfig {
+                batch_size: 0,
+                ..small()
+            }),
+            "batch_size must be at least 1, got 0"
+        );
+        let too_many = loader(LoaderConfig {
+            n_negatives: 37,
+            ..small()
+        });
+        let first = too_many
+            .epoch(0, 0)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            first.starts_with("epoch 0, batch 0: cannot draw 37 distinct negatives"),
+            "{first}"
+        );
+        assert!(loader(small())
+            .epoch(0, 99)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("past the end"));
+        let bad = Sessions::new(vec![0, 2], vec![2, 40], vec![0, 0], vec![2], 40)
+            .err()
+            .unwrap();
+        assert_eq!(
+            bad.to_string(),
+            "items[1] = 40 is not an item id (expected 2 <= id < vocab_size = 40)"
+        );
+        let bad = Sessions::new(vec![0, 2, 1], vec![2, 3], vec![0, 0], vec![2, 0], 40)
+            .err()
+            .unwrap();
+        assert!(bad
+            .to_string()
+            .starts_with("offsets[2] = 1 is smaller than offsets[1] = 2"));
+    }
+}

@@ -1,1 +1,499 @@
-//! (to be written)
+//! Negative sampling: K distinct catalogue items per batch, none reserved and none among the
+//! batch's own items, with their log-probabilities under the sampling distribution (for the
+//! logQ correction of sampled softmax).
+//!
+//! Draws come from a stream keyed by `(seed, epoch, rank, batch_index)`, so they are the
+//! same whatever thread runs them and whenever.
+
+mod alias;
+pub mod rng;
+
+use crate::error::{Error, Result};
+pub use alias::AliasTable;
+use rng::Rng;
+
+/// Ids `0` (padding) and `1` (mask) are reserved and never drawn.
+pub const N_RESERVED: u32 = 2;
+
+/// Stream tag of the negative draws (keeps them apart from other keyed streams).
+const STREAM_NEGATIVES: u64 = 0x6e65_6761_7469_7665;
+
+/// Candidates drawn at a time before checking them (lets table lookups overlap).
+const DRAW_BLOCK: usize = 32;
+
+/// How negatives are distributed over the real items.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Distribution {
+    /// Every real item equally likely.
+    Uniform,
+    /// Probability proportional to `count ^ alpha`; items with count 0 are never drawn.
+    Popularity { alpha: f64 },
+}
+
+impl Distribution {
+    /// Parses `"uniform"` or `"popularity"` (the latter with exponent `alpha`).
+    pub fn parse(name: &str, alpha: f64) -> Result<Self> {
+        match name {
+            "uniform" => Ok(Distribution::Uniform),
+            "popularity" if alpha.is_finite() && alpha >= 0.0 => {
+                Ok(Distribution::Popularity { alpha })
+            }
+            "popularity" => Err(Error::Config(format!(
+                "alpha must be a finite number >= 0, got {alpha}"
+            ))),
+            other => Err(Error::Config(format!(
+                "distribution must be 'uniform' or 'popularity', got {other:?}"
+            ))),
+        }
+    }
+}
+
+enum Table {
+    Uniform { logq: f32 },
+    Popularity { alias: AliasTable, logq: Vec<f32> },
+}
+
+/// Draws negatives from a catalogue of `vocab_size` ids (the first [`N_RESERVED`] excluded).
+pub struct NegativeSampler {
+    vocab_size: u32,
+    seed: u64,
+    /// Number of ids with a positive probability.
+    n_positive: usize,
+    table: Table,
+}
+
+/// Reusable per-thread work space (a bitset over the catalogue, all zero between calls).
+#[derive(Default)]
+pub struct Scratch {
+    bits: Vec<u64>,
+}
+
+impl Scratch {
+    #[inline]
+    fn test_and_set(&mut self, id: u32) -> bool {
+        let word = &mut self.bits[(id >> 6) as usize];
+        let mask = 1u64 << (id & 63);
+        let was = *word & mask != 0;
+        *word |= mask;
+        was
+    }
+}
+
+impl NegativeSampler {
+    /// A sampler over `vocab_size` ids; `item_counts` (one per id) is needed for popularity.
+    pub fn new(
+        vocab_size: usize,
+        distribution: Distribution,
+        item_counts: Option<&[u64]>,
+        seed: u64,
+    ) -> Result<Self> {
+        if vocab_size <= N_RESERVED as usize || vocab_size > u32::MAX as usize {
+            return Err(Error::Config(format!(
+                "vocab_size must be between {} and {} (the {N_RESERVED} reserved ids plus at least one item), got {vocab_size}",
+                N_RESERVED + 1,
+                u32::MAX
+            )));
+        }
+        let n_real = vocab_size - N_RESERVED as usize;
+        let (table, n_positive) = match distribution {
+            Distribution::Uniform => (
+                Table::Uniform {
+                    logq: -(n_real as f64).ln() as f32,
+                },
+                n_real,
+            ),
+            Distribution::Popularity { alpha } => {
+                let counts = item_counts.ok_or_else(|| {
+                    Error::Config("the popularity distribution needs item_counts".into())
+                })?;
+                if counts.len() != vocab_size {
+                    return Err(Error::Config(format!(
+                        "item_counts has {} entries but vocab_size is {vocab_size}",
+                        counts.len()
+                    )));
+                }
+                popularity_table(&counts[N_RESERVED as usize..], alpha)?
+            }
+        };
+        Ok(NegativeSampler {
+            vocab_size: vocab_size as u32,
+            seed,
+            n_positive,
+            table,
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size as usize
+    }
+
+    /// Log-probability of each id under the sampling distribution (`-inf` for reserved ids
+    /// and items that are never drawn).
+    pub fn log_prob(&self, ids: &[i64]) -> Result<Vec<f32>> {
+        check_ids(ids, self.vocab_size, "ids")?;
+        Ok(ids.iter().map(|&id| self.logq(id as u32)).collect())
+    }
+
+    #[inline]
+    fn logq(&self, id: u32) -> f32 {
+        if id < N_RESERVED {
+            return f32::NEG_INFINITY;
+        }
+        match &self.table {
+            Table::Uniform { logq } => *logq,
+            Table::Popularity { logq, .. } => logq[(id - N_RESERVED) as usize],
+        }
+    }
+
+    /// Fills `out` with independent draws from the distribution (with replacement).
+    #[inline]
+    fn draw_many(&self, rng: &mut Rng, out: &mut [u32]) {
+        match &self.table {
+            Table::Uniform { .. } => {
+                let n = (self.vocab_size - N_RESERVED) as u64;
+                out.iter_mut()
+                    .for_each(|id| *id = N_RESERVED + rng.below(n) as u32);
+            }
+            Table::Popularity { alias, .. } => {
+                alias.draw_many(rng, out);
+                out.iter_mut().for_each(|id| *id += N_RESERVED);
+            }
+        }
+    }
+
+    /// The random stream of one batch's draws.
+    pub fn batch_rng(&self, epoch: u64, rank: u64, batch_index: u64) -> Rng {
+        Rng::keyed(&[self.seed, STREAM_NEGATIVES, epoch, rank, batch_index])
+    }
+
+    /// Draws `k` negatives for batch `(epoch, rank, batch_index)`, excluding `exclude`.
+    pub fn sample(
+        &self,
+        exclude: &[i64],
+        k: usize,
+        epoch: u64,
+        rank: u64,
+        batch_index: u64,
+    ) -> Result<(Vec<i64>, Vec<f32>)> {
+        let mut scratch = Scratch::default();
+        let (mut ids, mut logq) = (Vec::with_capacity(k), Vec::with_capacity(k));
+        let mut rng = self.batch_rng(epoch, rank, batch_index);
+        self.sample_into(exclude, k, &mut rng, &mut scratch, &mut ids, &mut logq)?;
+        Ok((ids, logq))
+    }
+
+    /// Fills `ids`/`logq` with `k` distinct ids that are neither reserved nor in `exclude`
+    /// (ids `< N_RESERVED` in `exclude`, such as padding, are ignored).
+    ///
+    /// Rejection sampling (sequential draws without replacement); if that needs far more
+    /// draws than `k`, the remaining ones come from an exact Gumbel-top-k pass over the
+    /// catalogue, which draws from the same law, so this never hangs.
+    pub fn sample_into(
+        &self,
+        exclude: &[i64],
+        k: usize,
+        rng: &mut Rng,
+        scratch: &mut Scratch,
+        ids: &mut Vec<i64>,
+        logq: &mut Vec<f32>,
+    ) -> Result<()> {
+        ids.clear();
+        logq.clear();
+        let words = (self.vocab_size as usize).div_ceil(64);
+        if scratch.bits.len() != words {
+            scratch.bits = vec![0; words];
+        }
+        let mut n_distinct_excluded = 0;
+        for (pos, &id) in exclude.iter().enumerate() {
+            if id as u64 >= self.vocab_size as u64 {
+                clear(scratch, &exclude[..pos], &[]);
+                return check_ids(exclude, self.vocab_size, "exclude");
+            }
+            if id >= N_RESERVED as i64 {
+                n_distinct_excluded += !scratch.test_and_set(id as u32) as usize;
+            }
+        }
+        if k + n_distinct_excluded > self.n_positive {
+            // Exact count only when the cheap bound fails: excluded ids of probability 0
+            // do not shrink the pool.
+            let n_allowed = self.n_positive
+                - (N_RESERVED..self.vocab_size)
+                    .filter(|&id| is_set(scratch, id) && self.logq(id) > f32::NEG_INFINITY)
+                    .count();
+            if k > n_allowed {
+                clear(scratch, exclude, &[]);
+                return Err(Error::Config(format!(
+                    "cannot draw {k} distinct negatives: only {n_allowed} items are allowed \
+                     ({} sampleable items minus those in the batch)",
+                    self.n_positive
+                )));
+            }
+        }
+        let budget = 32 * k + 4096;
+        let mut draws = 0;
+        let mut block = [0u32; DRAW_BLOCK];
+        'draw: while ids.len() < k && draws < budget {
+            draws += DRAW_BLOCK;
+            self.draw_many(rng, &mut block);
+            for &id in &block {
+                if !scratch.test_and_set(id) {
+                    ids.push(id as i64);
+                    if ids.len() == k {
+                        break 'draw;
+                    }
+                }
+            }
+        }
+        if ids.len() < k {
+            self.gumbel_top_k(k - ids.len(), rng, scratch, ids);
+        }
+        logq.extend(ids.iter().map(|&id| self.logq(id as u32)));
+        clear(scratch, exclude, ids);
+        Ok(())
+    }
+
+    /// Appends `m` more ids drawn without replacement from the unmarked, sampleable ids,
+    /// in draw order (largest `log q + Gumbel` first).
+    fn gumbel_top_k(&self, m: usize, rng: &mut Rng, scratch: &mut Scratch, ids: &mut Vec<i64>) {
+        let mut keyed: Vec<(f64, u32)> = (N_RESERVED..self.vocab_size)
+            .filter(|&id| !is_set(scratch, id) && self.logq(id) > f32::NEG_INFINITY)
+            .map(|id| {
+                let u = rng.unit().max(f64::MIN_POSITIVE);
+                (self.logq(id) as f64 - (-u.ln()).ln(), id)
+            })
+            .collect();
+        let order = |a: &(f64, u32), b: &(f64, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        if m < keyed.len() {
+            keyed.select_nth_unstable_by(m, order);
+            keyed.truncate(m);
+        }
+        keyed.sort_unstable_by(order);
+        for (_, id) in keyed {
+            scratch.test_and_set(id);
+            ids.push(id as i64);
+        }
+    }
+}
+
+#[inline]
+fn is_set(scratch: &Scratch, id: u32) -> bool {
+    scratch.bits[(id >> 6) as usize] & (1u64 << (id & 63)) != 0
+}
+
+/// Restores the all-zero invariant of the scratch bitset after a call.
+fn clear(scratch: &mut Scratch, exclude: &[i64], drawn: &[i64]) {
+    for &id in exclude.iter().chain(drawn) {
+        scratch.bits[(id as u64 >> 6) as usize] = 0;
+    }
+}
+
+fn check_ids(ids: &[i64], vocab_size: u32, what: &str) -> Result<()> {
+    if let Some(pos) = ids.iter().position(|&id| id < 0 || id >= vocab_size as i64) {
+        return Err(Error::Config(format!(
+            "{what}[{pos}] = {} is not an item id (expected 0 <= id < vocab_size = {vocab_size})",
+            ids[pos]
+        )));
+    }
+    Ok(())
+}
+
+/// Alias table and per-item log q for `q ∝ count ^ alpha` over the real items.
+fn popularity_table(counts: &[u64], alpha: f64) -> Result<(Table, usize)> {
+    let max = counts.iter().copied().max().unwrap_or(0);
+    if max == 0 {
+        return Err(Error::Config(
+            "item_counts are all zero: the popularity distribution has nothing to draw".into(),
+        ));
+    }
+    // Scaled by the largest count so that large alphas cannot overflow.
+    let log_max = (max as f64).ln();
+    let weights: Vec<f64> = counts
+        .iter()
+        .map(|&c| {
+            if c == 0 {
+                0.0
+            } else {
+                (alpha * ((c as f64).ln() - log_max)).exp()
+            }
+        })
+        .collect();
+    let log_total = weights.iter().sum::<f64>().ln();
+    let logq = weights
+        .iter()
+        .map(|&w| (w.ln() - log_total) as f32)
+        .collect();
+    let n_positive = weights.iter().filter(|&&w| w > 0.0).count();
+    Ok((
+        Table::Popularity {
+            alias: AliasTable::new(&weights),
+            logq,
+        },
+        n_positive,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn counts(vocab: usize) -> Vec<u64> {
+        (0..vocab as u64)
+            .map(|i| if i < 2 { 0 } else { i % 7 })
+            .collect()
+    }
+
+    #[test]
+    fn draws_are_distinct_unreserved_and_excluded() {
+        let sampler = NegativeSampler::new(500, Distribution::Uniform, None, 3).unwrap();
+        let exclude: Vec<i64> = (0..200).map(|i| (i * 3) % 400).collect();
+        let (ids, logq) = sampler.sample(&exclude, 250, 0, 0, 0).unwrap();
+        assert_eq!(ids.len(), 250);
+        let set: HashSet<i64> = ids.iter().copied().collect();
+        assert_eq!(set.len(), 250, "duplicates in {ids:?}");
+        let excluded: HashSet<i64> = exclude.into_iter().collect();
+        assert!(ids
+            .iter()
+            .all(|id| *id >= 2 && *id < 500 && !excluded.contains(id)));
+        assert!(logq.iter().all(|&l| (l - -(498f32).ln()).abs() < 1e-6));
+    }
+
+    #[test]
+    fn popularity_never_draws_zero_counts_and_reports_logq() {
+        let vocab = 300;
+        let c = counts(vocab);
+        let sampler =
+            NegativeSampler::new(vocab, Distribution::Popularity { alpha: 0.75 }, Some(&c), 1)
+                .unwrap();
+        let total: f64 = c.iter().map(|&x| (x as f64).powf(0.75)).sum();
+        for batch in 0..20 {
+            let (ids, logq) = sampler.sample(&[5, 6, 0], 50, 1, 0, batch).unwrap();
+            for (&id, &lq) in ids.iter().zip(&logq) {
+                assert!(c[id as usize] > 0 && id != 5 && id != 6);
+                let expected = ((c[id as usize] as f64).powf(0.75) / total).ln();
+                assert!((lq as f64 - expected).abs() < 1e-5, "{lq} vs {expected}");
+            }
+        }
+        let lp = sampler.log_prob(&[0, 1, 7, 8]).unwrap();
+        assert_eq!(lp[0], f32::NEG_INFINITY);
+        assert_eq!(lp[2], f32::NEG_INFINITY); // count 7 % 7 == 0
+        assert!(lp[3].is_finite());
+    }
+
+    #[test]
+    fn same_key_same_draws_other_key_other_draws() {
+        let sampler = NegativeSampler::new(10_000, Distribution::Uniform, None, 9).unwrap();
+        let a = sampler.sample(&[2, 3], 100, 4, 1, 17).unwrap();
+        let b = sampler.sample(&[3, 2, 2], 100, 4, 1, 17).unwrap();
+        let c = sampler.sample(&[2, 3], 100, 4, 1, 18).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a.0, c.0);
+    }
+
+    #[test]
+    fn same_draws_from_any_thread() {
+        let c = counts(5000);
+        let sampler =
+            NegativeSampler::new(5000, Distribution::Popularity { alpha: 1.0 }, Some(&c), 5)
+                .unwrap();
+        let exclude: Vec<i64> = (2..300).collect();
+        let sequential: Vec<_> = (0..8)
+            .map(|b| sampler.sample(&exclude, 100, 2, 1, b).unwrap())
+            .collect();
+        let parallel: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .rev()
+                .map(|b| {
+                    let (sampler, exclude) = (&sampler, &exclude);
+                    scope.spawn(move || sampler.sample(exclude, 100, 2, 1, b).unwrap())
+                })
+                .collect();
+            let mut out: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+            out.reverse();
+            out
+        });
+        assert_eq!(sequential, parallel);
+    }
+
+    #[test]
+    fn k_too_large_is_an_error_and_exact_k_completes() {
+        let c = counts(100);
+        let pop = NegativeSampler::new(100, Distribution::Popularity { alpha: 1.0 }, Some(&c), 0)
+            .unwrap();
+        let n_positive = c.iter().filter(|&&x| x > 0).count();
+        // Excluding an id of count 0 does not shrink the pool; excluding a positive one does.
+        let (ids, _) = pop.sample(&[7, 14], n_positive, 0, 0, 0).unwrap();
+        assert_eq!(
+            ids.iter().copied().collect::<HashSet<_>>().len(),
+            n_positive
+        );
+        let err = pop
+            .sample(&[3], n_positive, 0, 0, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "cannot draw {n_positive} distinct negatives: only {} items",
+                n_positive - 1
+            )),
+            "{err}"
+        );
+        // The scratch state was restored after the error: the next call still sees everything.
+        assert!(pop.sample(&[], n_positive, 0, 0, 1).is_ok());
+    }
+
+    #[test]
+    fn extreme_popularity_falls_back_without_hanging() {
+        // One item holds almost all the mass; drawing every item needs the exact fallback.
+        let mut c = vec![0u64, 0, 1_000_000_000];
+        c.extend(std::iter::repeat(1).take(200));
+        let sampler = NegativeSampler::new(
+            c.len(),
+            Distribution::Popularity { alpha: 3.0 },
+            Some(&c),
+            0,
+        )
+        .unwrap();
+        let (ids, logq) = sampler.sample(&[], 201, 0, 0, 0).unwrap();
+        assert_eq!(ids.iter().copied().collect::<HashSet<_>>().len(), 201);
+        assert!(logq.iter().all(|l| l.is_finite()));
+    }
+
+    #[test]
+    fn bad_arguments_are_config_errors() {
+        let msg = |r: Result<NegativeSampler>| r.err().unwrap().to_string();
+        assert!(msg(NegativeSampler::new(2, Distribution::Uniform, None, 0))
+            .contains("vocab_size must be"));
+        assert!(msg(NegativeSampler::new(
+            10,
+            Distribution::Popularity { alpha: 1.0 },
+            None,
+            0
+        ))
+        .contains("needs item_counts"));
+        assert!(msg(NegativeSampler::new(
+            10,
+            Distribution::Popularity { alpha: 1.0 },
+            Some(&[0; 10]),
+            0
+        ))
+        .contains("all zero"));
+        assert!(msg(NegativeSampler::new(
+            10,
+            Distribution::Popularity { alpha: 1.0 },
+            Some(&[1; 9]),
+            0
+        ))
+        .contains("9 entries"));
+        assert!(Distribution::parse("zipf", 1.0)
+            .unwrap_err()
+            .to_string()
+            .contains("'uniform' or 'popularity'"));
+        let s = NegativeSampler::new(10, Distribution::Uniform, None, 0).unwrap();
+        let err = s.sample(&[3, 10], 1, 0, 0, 0).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "exclude[1] = 10 is not an item id (expected 0 <= id < vocab_size = 10)"
+        );
+    }
+}

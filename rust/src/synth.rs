@@ -1,1 +1,506 @@
-//! (to be written)
+//! Synthetic MSSD-format session logs with planted, learnable structure.
+//!
+//! Items fall into `n_tastes` tastes (item `i` has taste `i % n_tastes`), Zipf-popular
+//! within each. Every session has a taste; each play is on-taste with probability
+//! `on_taste_prob`, else an item of another taste. Off-taste plays are mostly skipped
+//! (`skip_prob_off`), on-taste ones rarely (`skip_prob_on`), so skips say what the
+//! listener does not want next.
+//!
+//! Sessions are generated in fixed chunks, each from its own stream keyed by
+//! `(seed, chunk)`, on a rayon pool: the file is byte-identical whatever the thread count.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::sampler::rng::{mix64, Rng};
+use crate::sampler::AliasTable;
+
+pub const HEADER: &str = "session_id,session_position,session_length,track_id_clean,skip_1,skip_2,skip_3,not_skipped,context_switch,no_pause_before_play,short_pause_before_play,long_pause_before_play,hist_user_behavior_n_seekfwd,hist_user_behavior_n_seekback,hist_user_behavior_is_shuffle,hour_of_day,date,premium,context_type,hist_user_behavior_reason_start,hist_user_behavior_reason_end";
+
+const STREAM_SYNTH: u64 = 0x7379_6e74_6800_0001;
+const STREAM_SESSION_ID: u64 = 0x7379_6e74_6800_0002;
+/// Sessions per independently seeded chunk (fixed: it defines the output).
+const CHUNK: usize = 512;
+/// Dates run over the 92 days from 2018-07-01.
+const N_DAYS: u64 = 92;
+const CONTEXT_TYPES: [&str; 6] = [
+    "editorial_playlist",
+    "user_collection",
+    "catalog",
+    "radio",
+    "charts",
+    "personalized_playlist",
+];
+
+/// Parameters of the generator.
+#[derive(Clone, Debug)]
+pub struct SynthConfig {
+    pub n_sessions: usize,
+    pub n_items: usize,
+    pub n_tastes: usize,
+    pub on_taste_prob: f64,
+    pub skip_prob_on: f64,
+    pub skip_prob_off: f64,
+    pub min_length: usize,
+    pub max_length: usize,
+    /// Popularity of the item of rank r within its taste is ∝ 1 / (r + 1)^zipf_exponent.
+    pub zipf_exponent: f64,
+    pub seed: u64,
+    /// Worker threads; 0 = `NEGREC_NUM_THREADS`, else all cores.
+    pub n_threads: usize,
+}
+
+impl Default for SynthConfig {
+    fn default() -> Self {
+        SynthConfig {
+            n_sessions: 20_000,
+            n_items: 5_000,
+            n_tastes: 20,
+            on_taste_prob: 0.8,
+            skip_prob_on: 0.15,
+            skip_prob_off: 0.8,
+            min_length: 10,
+            max_length: 20,
+            zipf_exponent: 1.0,
+            seed: 0,
+            n_threads: 0,
+        }
+    }
+}
+
+impl SynthConfig {
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.n_tastes < 2 || self.n_items < self.n_tastes {
+            return bad(format!(
+                "need 2 <= n_tastes <= n_items, got n_tastes = {} and n_items = {}",
+                self.n_tastes, self.n_items
+            ));
+        }
+        for (name, p) in [
+            ("on_taste_prob", self.on_taste_prob),
+            ("skip_prob_on", self.skip_prob_on),
+            ("skip_prob_off", self.skip_prob_off),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return bad(format!("{name} must be a probability in [0, 1], got {p}"));
+            }
+        }
+        if self.min_length < 1 || self.min_length > self.max_length {
+            return bad(format!(
+                "need 1 <= min_length <= max_length, got {} and {}",
+                self.min_length, self.max_length
+            ));
+        }
+        if !(self.zipf_exponent.is_finite() && self.zipf_exponent >= 0.0) {
+            return bad(format!(
+                "zipf_exponent must be finite and >= 0, got {}",
+                self.zipf_exponent
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Track id of item `i` (`t_` + 16 hex digits; the same for every seed).
+pub fn track_id(item: usize) -> String {
+    let mut out = Vec::with_capacity(18);
+    out.extend_from_slice(b"t_");
+    push_hex(&mut out, mix64(item as u64));
+    String::from_utf8(out).expect("ascii")
+}
+
+/// Threads for rayon work: `requested`, else `NEGREC_NUM_THREADS`, else all cores.
+pub fn thread_count(requested: usize) -> Result<usize> {
+    if requested > 0 {
+        return Ok(requested);
+    }
+    match std::env::var("NEGREC_NUM_THREADS") {
+        Ok(value) => match value.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(Error::Config(format!(
+                "NEGREC_NUM_THREADS must be a positive integer, got {value:?}"
+            ))),
+        },
+        Err(_) => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }
+}
+
+/// Writes the log to `path` (gzip when it ends in `.gz`) and returns the number of rows.
+pub fn generate_mssd(path: &Path, config: &SynthConfig) -> Result<u64> {
+    config.validate()?;
+    let threads = thread_count(config.n_threads)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| Error::Config(format!("cannot start {threads} threads: {e}")))?;
+    let io = |source: std::io::Error| Error::Io {
+        file: path.to_path_buf(),
+        source,
+    };
+    let file = BufWriter::with_capacity(1 << 20, File::create(path).map_err(io)?);
+    let mut out: Box<dyn Write> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(GzEncoder::new(file, Compression::fast()))
+    } else {
+        Box::new(file)
+    };
+    out.write_all(HEADER.as_bytes()).map_err(io)?;
+    out.write_all(b"\n").map_err(io)?;
+
+    let world = World::new(config);
+    let n_chunks = config.n_sessions.div_ceil(CHUNK);
+    let wave = 4 * threads;
+    let mut rows = 0u64;
+    for first in (0..n_chunks).step_by(wave) {
+        let chunks: Vec<(Vec<u8>, u64)> = pool.install(|| {
+            (first..(first + wave).min(n_chunks))
+                .into_par_iter()
+                .map(|c| world.chunk(c))
+                .collect()
+        });
+        for (text, n) in chunks {
+            out.write_all(&text).map_err(io)?;
+            rows += n;
+        }
+    }
+    out.flush().map_err(io)?;
+    drop(out); // finishes the gzip stream
+    Ok(rows)
+}
+
+/// Everything shared by the chunk generators.
+struct World<'a> {
+    config: &'a SynthConfig,
+    /// Zipf draws over the ranks of a taste with `n / T + 1` items and of one with `n / T`.
+    zipf_big: AliasTable,
+    zipf_small: Option<AliasTable>,
+    track_ids: Vec<[u8; 18]>,
+    dates: Vec<[u8; 10]>,
+    session_key: u64,
+}
+
+impl<'a> World<'a> {
+    fn new(config: &'a SynthConfig) -> Self {
+        let (t, n) = (config.n_tastes, config.n_items);
+        let zipf = |size: usize| {
+            let weights: Vec<f64> = (0..size)
+                .map(|r| ((r + 1) as f64).powf(-config.zipf_exponent))
+                .collect();
+            AliasTable::new(&weights)
+        };
+        let small = n / t;
+        let track_ids = (0..n)
+            .map(|i| track_id(i).into_bytes().try_into().expect("18 bytes"))
+            .collect();
+        World {
+            config,
+            zipf_big: zipf(small + 1),
+            zipf_small: (small > 0).then(|| zipf(small)),
+            track_ids,
+            dates: (0..N_DAYS).map(date).collect(),
+            session_key: mix64(config.seed ^ STREAM_SESSION_ID),
+        }
+    }
+
+    /// An item of taste `taste`, Zipf by rank.
+    fn item(&self, taste: usize, rng: &mut Rng) -> usize {
+        let (t, n) = (self.config.n_tastes, self.config.n_items);
+        let rank = match &self.zipf_small {
+            Some(small) if taste >= n % t => small.draw(rng),
+            _ => self.zipf_big.draw(rng),
+        } as usize;
+        rank * t + taste
+    }
+
+    /// CSV rows of the sessions of chunk `c`, and how many.
+    fn chunk(&self, c: usize) -> (Vec<u8>, u64) {
+        let cfg = self.config;
+        let mut rng = Rng::keyed(&[cfg.seed, STREAM_SYNTH, c as u64]);
+        let sessions = c * CHUNK..((c + 1) * CHUNK).min(cfg.n_sessions);
+        let mut out = Vec::with_capacity(sessions.len() * cfg.max_length * 170);
+        let mut rows = 0u64;
+        for s in sessions {
+            rows += self.session(s, &mut rng, &mut out);
+        }
+        (out, rows)
+    }
+
+    fn session(&self, s: usize, rng: &mut Rng, out: &mut Vec<u8>) -> u64 {
+        let cfg = self.config;
+        let t = cfg.n_tastes;
+        let taste = rng.below(t as u64) as usize;
+        let length =
+            cfg.min_length + rng.below((cfg.max_length - cfg.min_length + 1) as u64) as usize;
+        let is_shuffle = rng.chance(0.3);
+        let hour = rng.below(24);
+        let date = &self.dates[rng.below(N_DAYS) as usize];
+        let premium = rng.chance(0.75);
+        let mut context = CONTEXT_TYPES[rng.below(CONTEXT_TYPES.len() as u64) as usize];
+        let mut reason_start = if rng.chance(0.7) {
+            "clickrow"
+        } else {
+            "playbtn"
+        };
+        let id = mix64((s as u64) ^ self.session_key);
+
+        for position in 1..=length {
+            let on_taste = rng.chance(cfg.on_taste_prob);
+            let play_taste = if on_taste {
+                taste
+            } else {
+                (taste + 1 + rng.below(t as u64 - 1) as usize) % t
+            };
+            let item = self.item(play_taste, rng);
+            let skip_2 = rng.chance(if on_taste {
+                cfg.skip_prob_on
+            } else {
+                cfg.skip_prob_off
+            });
+            let skip_1 = skip_2 && rng.chance(0.5);
+            let skip_3 = skip_2 || rng.chance(0.1);
+            let context_switch = position > 1 && rng.chance(0.03);
+            if context_switch {
+                context = CONTEXT_TYPES[rng.below(CONTEXT_TYPES.len() as u64) as usize];
+            }
+            let pause = rng.unit();
+            let (no_pause, short_pause, long_pause) = match () {
+                _ if position == 1 => (false, false, false),
+                _ if pause < 0.85 => (true, false, false),
+                _ if pause < 0.95 => (false, true, false),
+                _ => (false, true, true),
+            };
+            let seek_fwd = if skip_2 && rng.chance(0.1) {
+                1 + rng.below(2)
+            } else {
+                0
+            };
+            let seek_back = rng.chance(0.02) as u64;
+            let reason_end = if skip_2 {
+                if rng.chance(0.85) {
+                    "fwdbtn"
+                } else {
+                    "backbtn"
+                }
+            } else if position == length && rng.chance(0.3) {
+                "endplay"
+            } else {
+                "trackdone"
+            };
+
+            out.extend_from_slice(b"0_");
+            push_hex(out, id);
+            out.push(b',');
+            push_uint(out, position as u64);
+            out.push(b',');
+            push_uint(out, length as u64);
+            out.push(b',');
+            out.extend_from_slice(&self.track_ids[item]);
+            for flag in [skip_1, skip_2, skip_3, !skip_3] {
+                out.extend_from_slice(if flag { b",True" } else { b",False" });
+            }
+            for flag in [context_switch, no_pause, short_pause, long_pause] {
+                out.extend_from_slice(if flag { b",1" } else { b",0" });
+            }
+            out.push(b',');
+            push_uint(out, seek_fwd);
+            out.push(b',');
+            push_uint(out, seek_back);
+            out.extend_from_slice(if is_shuffle { b",True," } else { b",False," });
+            push_uint(out, hour);
+            out.push(b',');
+            out.extend_from_slice(date);
+            out.extend_from_slice(if premium { b",True," } else { b",False," });
+            for (i, text) in [context, reason_start, reason_end].into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(text.as_bytes());
+            }
+            out.push(b'\n');
+            reason_start = if reason_end == "endplay" {
+                "clickrow"
+            } else {
+                reason_end
+            };
+        }
+        length as u64
+    }
+}
+
+fn push_uint(out: &mut Vec<u8>, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+fn push_hex(out: &mut Vec<u8>, v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.extend(
+        (0..16)
+            .rev()
+            .map(|i| DIGITS[((v >> (4 * i)) & 15) as usize]),
+    );
+}
+
+/// `YYYY-MM-DD` of day `d` after 2018-07-01 (d < 92: July to September).
+fn date(d: u64) -> [u8; 10] {
+    let (month, day) = match d {
+        0..=30 => (7, d + 1),
+        31..=61 => (8, d - 30),
+        _ => (9, d - 61),
+    };
+    let text = format!("2018-{month:02}-{day:02}");
+    text.into_bytes().try_into().expect("10 bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn small(seed: u64, threads: usize) -> SynthConfig {
+        SynthConfig {
+            n_sessions: 1500,
+            n_items: 300,
+            n_tastes: 6,
+            seed,
+            n_threads: threads,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn byte_identical_whatever_the_thread_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<_> = [(1, 1), (1, 3), (2, 2)]
+            .iter()
+            .map(|&(seed, threads)| {
+                let p = dir.path().join(format!("s{seed}t{threads}.csv"));
+                generate_mssd(&p, &small(seed, threads)).unwrap();
+                std::fs::read(&p).unwrap()
+            })
+            .collect();
+        assert_eq!(paths[0], paths[1]);
+        assert_ne!(paths[0], paths[2]);
+    }
+
+    #[test]
+    fn rows_are_consistent_and_skips_follow_taste() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.csv.gz");
+        let config = small(5, 2);
+        let rows = generate_mssd(&path, &config).unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::GzDecoder::new(File::open(&path).unwrap()),
+            &mut text,
+        )
+        .unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some(HEADER));
+        let taste_of: HashMap<String, usize> =
+            (0..config.n_items).map(|i| (track_id(i), i % 6)).collect();
+        let mut sessions: HashMap<&str, Vec<Vec<&str>>> = HashMap::new();
+        for line in lines {
+            let fields: Vec<&str> = line.split(',').collect();
+            assert_eq!(fields.len(), 21, "{line}");
+            sessions.entry(fields[0]).or_default().push(fields);
+        }
+        assert_eq!(sessions.len(), 1500);
+        assert_eq!(sessions.values().map(Vec::len).sum::<usize>() as u64, rows);
+        let (mut on, mut off) = ((0.0, 0.0), (0.0, 0.0));
+        for plays in sessions.values() {
+            let n = plays.len();
+            assert!((10..=20).contains(&n));
+            let mut votes = [0usize; 6];
+            for p in plays {
+                votes[taste_of[p[3]]] += 1;
+            }
+            let taste = (0..6).max_by_key(|&t| votes[t]).unwrap();
+            for (i, p) in plays.iter().enumerate() {
+                assert_eq!(p[1], (i + 1).to_string());
+                assert_eq!(p[2], n.to_string());
+                let (s1, s2, s3, ns) = (
+                    p[4] == "True",
+                    p[5] == "True",
+                    p[6] == "True",
+                    p[7] == "True",
+                );
+                assert!((!s1 || s2) && (!s2 || s3) && ns != s3, "{p:?}");
+                let bucket = if taste_of[p[3]] == taste {
+                    &mut on
+                } else {
+                    &mut off
+                };
+                bucket.0 += s2 as u8 as f64;
+                bucket.1 += 1.0;
+            }
+        }
+        let (on_rate, off_rate) = (on.0 / on.1, off.0 / off.1);
+        assert!(
+            (on_rate - 0.15).abs() < 0.03,
+            "on-taste skip rate {on_rate}"
+        );
+        assert!(
+            (off_rate - 0.8).abs() < 0.05,
+            "off-taste skip rate {off_rate}"
+        );
+    }
+
+    #[test]
+    fn bad_parameters_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.csv");
+        let err = |c: SynthConfig| generate_mssd(&p, &c).unwrap_err().to_string();
+        assert_eq!(
+            err(SynthConfig {
+                skip_prob_on: 1.5,
+                ..small(0, 1)
+            }),
+            "skip_prob_on must be a probability in [0, 1], got 1.5"
+        );
+        assert!(err(SynthConfig {
+            n_tastes: 1,
+            ..small(0, 1)
+        })
+        .starts_with("need 2 <= n_tastes"));
+        assert!(err(SynthConfig {
+            min_length: 5,
+            max_length: 4,
+            ..small(0, 1)
+        })
+        .contains("min_length"));
+        let missing = dir.path().join("no/such/dir.csv");
+        let io = generate_mssd(&missing, &small(0, 1))
+            .unwrap_err()
+            .to_string();
+        assert!(io.starts_with(&format!("{}: ", missing.display())), "{io}");
+    }
+
+    #[test]
+    fn ids_and_dates_are_well_formed() {
+        assert_eq!(track_id(0).len(), 18);
+        assert_ne!(track_id(1), track_id(2));
+        assert_eq!(&date(0), b"2018-07-01");
+        assert_eq!(&date(31), b"2018-08-01");
+        assert_eq!(&date(91), b"2018-09-30");
+        let mut v = Vec::new();
+        push_uint(&mut v, 0);
+        push_uint(&mut v, 1234567);
+        assert_eq!(v, b"01234567");
+    }
+}
