@@ -313,11 +313,13 @@ def test_gbce_beta_and_loss():
     got = gbce_loss(q, w, t, neg, n_items=11, reduction="none")
     assert got.tolist() == close(expected)
     torch.testing.assert_close(gbce_loss(q, w, t, neg, n_items=11, t=0.0), bce_loss(q, w, t, neg))
-    with pytest.raises(ValueError, match="gBCE needs 1 <= n_negatives <= n_items - 1, got n_negatives=2, n_items=2"):
+    needs = "gBCE needs 1 <= n_negatives <= n_items - 1, got n_negatives=2, n_items=2"
+    with pytest.raises(ValueError, match=needs):
         gbce_loss(q, w, t, neg, n_items=2)
     with pytest.raises(ValueError, match=r"t must be in \[0, 1\], got 1.5"):
         gbce_loss(q, w, t, neg, n_items=11, t=1.5)
-    with pytest.raises(ValueError, match=r"negatives must be \[K\] shared or \[N, n\] per row with N=4, got shape \(3, 2\)"):
+    shape = r"negatives must be \[K\] shared or \[N, n\] per row with N=4, got shape \(3, 2\)"
+    with pytest.raises(ValueError, match=shape):
         bce_loss(q, w, t, torch.tensor([[2, 3]] * 3))
 
 

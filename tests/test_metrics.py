@@ -33,7 +33,8 @@ def test_target_ranks_nan_target_is_worst_and_errors():
     scores = torch.tensor([[NEG, NEG, float("nan"), 0.9, 0.3]])
     assert target_ranks(scores, torch.tensor([2])).tolist() == [5]
     assert target_ranks(scores, torch.tensor([4])).tolist() == [2]  # NaN items never outrank
-    with pytest.raises(ValueError, match=r"expected scores \[B, V\] and targets \[B\], got \(1, 5\) and \(2,\)"):
+    shapes = r"expected scores \[B, V\] and targets \[B\], got \(1, 5\) and \(2,\)"
+    with pytest.raises(ValueError, match=shapes):
         target_ranks(scores, torch.tensor([2, 3]))
     with pytest.raises(ValueError, match=r"targets must be item ids in \[0, 5\)"):
         target_ranks(scores, torch.tensor([5]))
@@ -95,7 +96,8 @@ def test_skip_gap_and_errors():
     assert out["HR@10_skipped"] == pytest.approx(0.5)
     assert out["HR@10_gap"] == pytest.approx(2 / 3 - 0.5)
     assert out["skip_mrr@10"] == pytest.approx(0.2 / 2)
-    with pytest.raises(ValueError, match=r"ranks and target_skipped must both be \[B\], got \(2,\) and \(3,\)"):
+    shapes = r"ranks and target_skipped must both be \[B\], got \(2,\) and \(3,\)"
+    with pytest.raises(ValueError, match=shapes):
         acc.add(torch.tensor([1, 2]), target_skipped=torch.tensor([0, 0, 1]))
     with pytest.raises(ValueError, match="ranks are 1-based: got a rank < 1"):
         acc.add(torch.tensor([0]), target_skipped=torch.tensor([0]))
@@ -144,3 +146,16 @@ def test_agrees_with_ranx_on_random_rankings():
             torch.testing.assert_close(fn(ranks, k), per_query)
             assert means[f"{short[metric]}@{k}"] == pytest.approx(float(per_query.mean()))
     assert 0 < means["HR@10"] < 1  # the comparison covers hits and misses
+
+
+@pytest.mark.gpu
+def test_cuda_ranks_match_cpu():
+    gen = torch.Generator().manual_seed(2)
+    scores = torch.rand(8, 50, generator=gen)
+    targets = torch.randint(2, 50, (8,), generator=gen)
+    exclude = torch.randint(0, 50, (8, 5), generator=gen)
+    cpu = target_ranks(scores, targets, exclude=exclude)
+    cuda = target_ranks(scores.cuda(), targets.cuda(), exclude=exclude.cuda())
+    assert torch.equal(cuda.cpu(), cpu)
+    sampled = sampled_ranks(scores.cuda(), targets.cuda(), 10, torch.Generator().manual_seed(3))
+    assert torch.equal(sampled.cpu(), sampled_ranks(scores, targets, 10, torch.Generator().manual_seed(3)))

@@ -198,8 +198,9 @@ def test_tiny_model_overfits_a_deterministic_pattern(name):
     losses = []
     for _ in range(60):
         if name == "bert4rec":
-            inputs, targets = torch.cat([seq[:, :-1], torch.ones(8, 1, dtype=torch.long)], 1)[:, 1:], seq[:, -1]
-            query = model.project(model.encode(inputs))[:, -1]
+            # predict the last item at a [MASK] appended after the history
+            with_mask = torch.cat([seq[:, 1:-1], torch.ones(8, 1, dtype=torch.long)], dim=1)
+            query, targets = model.project(model.encode(with_mask))[:, -1], seq[:, -1]
         else:
             query, targets = model.project(model.encode(seq[:, :-1])), seq[:, 1:]
         loss = full_softmax_loss(query.reshape(-1, D), model.item_weight, targets.reshape(-1))
@@ -208,3 +209,18 @@ def test_tiny_model_overfits_a_deterministic_pattern(name):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0], losses
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", NAMES)
+def test_cuda_matches_cpu(name):
+    model = make(name)
+    x = torch.tensor([left_pad([5, 6, 7], 6), [2, 3, 4, 5, 6, 7], [0] * 6])
+    expected = model.next_query(x)
+    cuda = model.cuda()
+    got = cuda.next_query(x.cuda())
+    torch.testing.assert_close(got.cpu(), expected, atol=1e-4, rtol=1e-4)
+    assert torch.isneginf(cuda.score_all(got)[:, :2]).all()
+    if name == "bert4rec":  # a CPU generator drives masking of CUDA ids
+        masked, targets = cuda.mask_items(x.cuda(), 0.5, torch.Generator().manual_seed(0))
+        assert masked.is_cuda and torch.equal((masked == 1).cpu(), (targets != 0).cpu())

@@ -18,8 +18,20 @@ class BERT4Rec(TransformerModel):
 
     causal = False
 
-    def __init__(self, vocab_size: int, max_len: int = 20, *, mask_index: int = 1, **options) -> None:
-        super().__init__(vocab_size, max_len, **options)
+    def __init__(
+        self,
+        vocab_size: int,
+        max_len: int = 20,
+        d_model: int = 128,
+        n_heads: int = 8,
+        n_layers: int = 2,
+        d_ff: int = 128,
+        dropout: float = 0.2,
+        norm_first: bool = False,
+        pad_index: int = 0,
+        mask_index: int = 1,
+    ) -> None:
+        super().__init__(vocab_size, max_len, d_model, n_heads, n_layers, d_ff, dropout, norm_first, pad_index)
         if not 0 <= mask_index < N_RESERVED or mask_index == self.pad_index:
             raise ValueError(
                 f"mask_index must be the reserved id that is not pad_index={self.pad_index}, "
