@@ -1,0 +1,109 @@
+"""Transformer encoder shared by SASRec (causal) and BERT4Rec (bidirectional).
+
+Seshadri & Knees (2023/2024) setup by default: 2 layers, d=128, 8 heads, FFN 128, dropout
+0.2, learned positional embeddings. Padding keys are masked; a padding position attends
+only to itself (so no attention row is empty and nothing is NaN) and its output is zeroed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from negrec_fast.models.base import (
+    SequentialModel,
+    check_dropout,
+    check_positive,
+    positions_from_first_real,
+)
+
+
+class TransformerBlock(nn.Module):
+    """Self-attention + GELU feed-forward, post-norm (BERT) or pre-norm."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float, norm_first: bool):
+        super().__init__()
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.norm_first = norm_first
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.ffn = nn.Sequential(
+            nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model)
+        )
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def attention(self, x: Tensor, allowed: Tensor) -> Tensor:
+        b, length, d = x.shape
+        q, k, v = self.qkv(x).view(b, length, 3, self.n_heads, d // self.n_heads).unbind(2)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            attn_mask=allowed,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.out(out.transpose(1, 2).reshape(b, length, d))
+
+    def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
+        if self.norm_first:
+            x = x + self.drop(self.attention(self.norm1(x), allowed))
+            return x + self.drop(self.ffn(self.norm2(x)))
+        x = self.norm1(x + self.drop(self.attention(x, allowed)))
+        return self.norm2(x + self.drop(self.ffn(x)))
+
+
+class TransformerModel(SequentialModel):
+    """Item + learned position embeddings, a stack of blocks, tied Linear+GELU head."""
+
+    causal: bool = False
+
+    def __init__(
+        self,
+        vocab_size: int,
+        max_len: int = 20,
+        d_model: int = 128,
+        n_heads: int = 8,
+        n_layers: int = 2,
+        d_ff: int = 128,
+        dropout: float = 0.2,
+        norm_first: bool = False,
+        pad_index: int = 0,
+    ) -> None:
+        super().__init__(vocab_size, max_len, d_model, pad_index)
+        check_positive("n_heads", n_heads)
+        check_positive("n_layers", n_layers)
+        check_positive("d_ff", d_ff)
+        check_dropout(dropout)
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        self.position_embedding = nn.Embedding(max_len, d_model)
+        nn.init.normal_(self.position_embedding.weight, std=0.02)
+        self.embedding_norm = nn.LayerNorm(d_model)
+        self.embedding_dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(d_model, n_heads, d_ff, dropout, norm_first) for _ in range(n_layers)
+        )
+        self.final_norm = nn.LayerNorm(d_model) if norm_first else nn.Identity()
+
+    def attention_mask(self, real: Tensor) -> Tensor:
+        """``[B, 1, L, L]`` bool, True where query ``i`` may attend to key ``j``."""
+        length = real.shape[1]
+        allowed = real[:, None, None, :].expand(-1, 1, length, -1)
+        if self.causal:
+            allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=real.device).tril()
+        return allowed | torch.eye(length, dtype=torch.bool, device=real.device)
+
+    def encode(self, items: Tensor) -> Tensor:
+        """``[B, L, d]`` hidden state at every position (zeros at padding)."""
+        self.check_items(items)
+        real = items != self.pad_index
+        x = self.item_embedding(items) + self.position_embedding(positions_from_first_real(real))
+        x = self.embedding_dropout(self.embedding_norm(x))
+        allowed = self.attention_mask(real)
+        for block in self.blocks:
+            x = block(x, allowed)
+        return self.final_norm(x) * real[..., None]
