@@ -64,6 +64,10 @@ def assert_matches_reference(query, weight, targets, tol, **kwargs):
         torch.testing.assert_close(g, w.to(g.dtype), **tol, msg=lambda m, name=name: f"{name}: {m}")
 
 
+def _rel_err(got, want):
+    return ((got.float() - want.float()).norm() / want.float().norm().clamp(min=1e-30)).item()
+
+
 CASES = [
     # n, v, d, temperature, reduction, n_reserved, ignore_index
     (13, 40, 20, 0.7, "mean", 2, 0),
@@ -92,6 +96,19 @@ def test_reserved_rows_get_no_gradient():
     _, _, grad_w = loss_and_grads(fused_linear_cross_entropy_loss, query, weight, targets, n_reserved=4)
     assert torch.equal(grad_w[:4], torch.zeros_like(grad_w[:4]))
     assert grad_w[4:].abs().sum(dim=1).min() > 0  # every real item is a candidate of every row
+
+
+@interpreter
+def test_fp16_inputs_accumulate_in_fp32():
+    """Logits and loss come from fp32 accumulation (tight); gradient tiles are rounded to fp16
+    before the second matmul, so gradients match to a relative (Frobenius) error of 2e-3."""
+    query, weight, targets = make_batch(13, 40, 20, torch.float16)
+    got = loss_and_grads(fused_linear_cross_entropy_loss, query, weight, targets, temperature=0.5)
+    want = loss_and_grads(full_softmax_loss, query, weight, targets, temperature=0.5)
+    assert got[0].dtype == torch.float32 and got[1].dtype == got[2].dtype == torch.float16
+    torch.testing.assert_close(got[0], want[0], **tight(0.5))
+    for name, g, w in zip(("grad query", "grad item_weight"), got[1:], want[1:]):
+        assert _rel_err(g, w) < 2e-3, f"{name}: relative error {_rel_err(g, w):.3g}"
 
 
 @interpreter
@@ -168,10 +185,6 @@ def test_cpu_tests_in_interpreter_subprocess():
 # ---------------------------------------------------------------- GPU (realistic shapes)
 # fp32: rtol 1e-4 / atol 1e-4 x max|reference| (summation order differs from cuBLAS).
 # bf16: relative error of each tensor (Frobenius norm) below 2e-2.
-
-
-def _rel_err(got, want):
-    return ((got.float() - want.float()).norm() / want.float().norm().clamp(min=1e-30)).item()
 
 
 def _gpu_batch(dtype):

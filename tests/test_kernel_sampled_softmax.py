@@ -76,6 +76,10 @@ def assert_matches_reference(query, weight, targets, negatives, tol, **kwargs):
         torch.testing.assert_close(g, w.to(g.dtype), **tol, msg=lambda m, name=name: f"{name}: {m}")
 
 
+def _rel_err(got, want):
+    return ((got.float() - want.float()).norm() / want.float().norm().clamp(min=1e-30)).item()
+
+
 CASES = [
     # n, k, d, v, logq, temperature, reduction
     (13, 11, 20, 40, "both", 0.7, "mean"),
@@ -96,6 +100,19 @@ def test_matches_reference(dtype, n, k, d, v, logq, temperature, reduction):
         target_logq=target_logq if logq in ("both", "target") else None,
         temperature=temperature, reduction=reduction,
     )
+
+
+@interpreter
+def test_fp16_inputs_accumulate_in_fp32():
+    """Logits and loss come from fp32 accumulation (tight); gradient tiles are rounded to fp16
+    before the second matmul, so gradients match to a relative (Frobenius) error of 2e-3."""
+    query, weight, targets, negatives, neg_logq, _ = make_batch(13, 11, 20, 40, torch.float16)
+    got = loss_and_grads(fused_sampled_softmax_loss, query, weight, targets, negatives, neg_logq=neg_logq)
+    want = loss_and_grads(sampled_softmax_loss, query, weight, targets, negatives, neg_logq=neg_logq)
+    assert got[0].dtype == torch.float32 and got[1].dtype == got[2].dtype == torch.float16
+    torch.testing.assert_close(got[0], want[0], **tight())
+    for name, g, w in zip(("grad query", "grad item_weight"), got[1:], want[1:]):
+        assert _rel_err(g, w) < 2e-3, f"{name}: relative error {_rel_err(g, w):.3g}"
 
 
 @interpreter
@@ -193,10 +210,6 @@ def test_cpu_tests_in_interpreter_subprocess():
 # ---------------------------------------------------------------- GPU (realistic shapes)
 # fp32: rtol 1e-4 / atol 1e-4 x max|reference| (summation order differs from cuBLAS).
 # bf16: relative error of each tensor (Frobenius norm) below 2e-2.
-
-
-def _rel_err(got, want):
-    return ((got.float() - want.float()).norm() / want.float().norm().clamp(min=1e-30)).item()
 
 
 def _gpu_batch(dtype):

@@ -49,8 +49,11 @@ def accumulator(dtype: torch.dtype) -> tuple[torch.dtype, tl.dtype]:
     return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
 
 
-def dot_precision(dtype: torch.dtype, device: torch.device) -> str:
-    """``tl.dot`` input precision: TF32 for fp32 only where torch's matmul setting allows it."""
+def dot_precision(dtype: torch.dtype, device: torch.device) -> str | None:
+    """``tl.dot`` input precision: IEEE for fp64, and for fp32 unless torch's matmul setting allows
+    TF32 on CUDA; ``None`` (Triton's default) for 16-bit inputs, where it does not apply."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return None
     if dtype == torch.float32 and device.type == "cuda" and torch.get_float32_matmul_precision() != "highest":
         return "tf32"
     return "ieee"

@@ -118,7 +118,7 @@ def _bwd_dq_kernel(
         ds = g[:, None] * (tl.exp(logits - lse[:, None]) - hit)
         dq = tl.dot(ds.to(w.dtype), w, dq, input_precision=PREC, out_dtype=ACC)
 
-    out = split * N * D + rows[:, None].to(tl.int64) * D + dims[None, :]
+    out = split.to(tl.int64) * N * D + rows[:, None].to(tl.int64) * D + dims[None, :]
     tl.store(dq_ptr + out, dq, mask=row_ok[:, None] & (dims[None, :] < D))
 
 
@@ -152,7 +152,7 @@ def _bwd_dw_kernel(
         ds = g[:, None] * (tl.exp(logits - lse[:, None]) - hit)
         dw = tl.dot(tl.trans(ds.to(q.dtype)), q, dw, input_precision=PREC, out_dtype=ACC)
 
-    out = split * V * D + vocab[:, None].to(tl.int64) * D + dims[None, :]
+    out = split.to(tl.int64) * V * D + vocab[:, None].to(tl.int64) * D + dims[None, :]
     tl.store(dw_ptr + out, dw, mask=(vocab < V)[:, None] & (dims[None, :] < D))
 
 

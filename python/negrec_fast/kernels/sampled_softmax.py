@@ -149,7 +149,7 @@ def _bwd_dq_kernel(
         ds = g[:, None] * (tl.exp(logits - lse[:, None]) - diag.to(ACC))
         dq = tl.dot(ds.to(e.dtype), e, dq, input_precision=PREC, out_dtype=ACC)
 
-    out = split * N * D + rows[:, None].to(tl.int64) * D + dims[None, :]
+    out = split.to(tl.int64) * N * D + rows[:, None].to(tl.int64) * D + dims[None, :]
     tl.store(dq_ptr + out, dq, mask=row_ok[:, None] & (dims[None, :] < D))
 
 
@@ -183,7 +183,7 @@ def _bwd_de_kernel(
         ds = g[:, None] * (tl.exp(logits - lse[:, None]) - diag.to(ACC))
         de = tl.dot(tl.trans(ds.to(q.dtype)), q, de, input_precision=PREC, out_dtype=ACC)
 
-    out = split * C * D + cols[:, None].to(tl.int64) * D + dims[None, :]
+    out = split.to(tl.int64) * C * D + cols[:, None].to(tl.int64) * D + dims[None, :]
     tl.store(de_ptr + out, de, mask=(cols < C)[:, None] & (dims[None, :] < D))
 
 
