@@ -181,6 +181,19 @@ def test_auto_backend_uses_interpreter_on_cpu():
     torch.testing.assert_close(fused, ref)
 
 
+@interpreter
+def test_torch_compile_runs_the_kernel_eagerly_inside_a_compiled_graph():
+    query, weight, targets, negatives, neg_logq, _ = make_batch(9, 5, 12, 40, torch.float32)
+
+    def model_loss(q, w):
+        return fused_sampled_softmax_loss(torch.nn.functional.gelu(q), w, targets, negatives, neg_logq=neg_logq) * 2
+
+    want = loss_and_grads(model_loss, query, weight)
+    got = loss_and_grads(torch.compile(model_loss, backend="aot_eager"), query, weight)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
 def test_bad_arguments_are_rejected_with_clear_messages():
     query, weight, targets, negatives = torch.randn(4, 6), torch.randn(20, 6), torch.tensor([2, 3, 4, 5]), torch.tensor([7])
     with pytest.raises(ValueError, match="backend must be one of"):
