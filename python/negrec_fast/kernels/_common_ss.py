@@ -64,18 +64,22 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def num_splits(n_outer: int, n_inner: int, device: torch.device) -> int:
-    """How many programs share one outer block's loop over ``n_inner`` inner blocks.
+def split_loop(n_outer: int, n_inner: int, device: torch.device) -> tuple[int, int]:
+    """``(splits, blocks_per_split)``: how many programs share one outer block's loop over
+    ``n_inner`` inner blocks (grid axis 1), none of them empty.
 
-    On CUDA: enough to give about two programs per SM. On CPU (interpreter): two, so the
+    On CUDA: enough splits for about two programs per SM. On CPU (interpreter): two, so the
     split path is always exercised by the tests.
     """
     if n_inner <= 1:
-        return 1
+        return 1, max(n_inner, 1)
     if device.type != "cuda":
-        return 2
-    target = 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    return max(1, min(n_inner, triton.cdiv(target, max(n_outer, 1))))
+        splits = 2
+    else:
+        target = 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        splits = max(1, min(n_inner, triton.cdiv(target, max(n_outer, 1))))
+    per_split = triton.cdiv(n_inner, splits)
+    return triton.cdiv(n_inner, per_split), per_split
 
 
 def block_sizes(d: int, device: torch.device) -> tuple[int, int, int, int]:

@@ -24,7 +24,7 @@ from negrec_fast.kernels._common_ss import (
     block_sizes,
     compute_dtype,
     dot_precision,
-    num_splits,
+    split_loop,
     use_triton,
 )
 from negrec_fast.losses import full_softmax_loss
@@ -156,12 +156,6 @@ def _bwd_dw_kernel(
     tl.store(dw_ptr + out, dw, mask=(vocab < V)[:, None] & (dims[None, :] < D))
 
 
-def _split(n_outer: int, n_inner: int, device: torch.device) -> tuple[int, int]:
-    """``(splits, blocks_per_split)`` with no empty split."""
-    per_split = triton.cdiv(n_inner, num_splits(n_outer, n_inner, device))
-    return triton.cdiv(n_inner, per_split), per_split
-
-
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     """Per-row full-softmax loss ``[N]`` (0 on padding rows); grads for query and item_weight."""
 
@@ -175,7 +169,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         inv_t = torch.full((1,), 1.0 / temperature, dtype=acc, device=q.device)
         block_m, block_n, block_d, warps = block_sizes(d, q.device)
         n_row_blocks = triton.cdiv(n, block_m)
-        splits, per_split = _split(n_row_blocks, triton.cdiv(v, block_n), q.device)
+        splits, per_split = split_loop(n_row_blocks, triton.cdiv(v, block_n), q.device)
 
         part_max, part_sum, part_pos = torch.empty((3, splits, n), dtype=acc, device=q.device)
         _fwd_kernel[(n_row_blocks, splits)](
@@ -213,7 +207,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
 
         def run(kernel, n_outer, n_inner, rows, out_dtype):
             # one split writes the gradient directly in its final dtype; several write fp32 partials
-            splits, per_split = _split(n_outer, n_inner, q.device)
+            splits, per_split = split_loop(n_outer, n_inner, q.device)
             part = torch.empty((splits, rows, d), dtype=out_dtype if splits == 1 else acc, device=q.device)
             kernel[(n_outer, splits)](
                 q, w, targets, inv_t, lse, g, part,

@@ -28,7 +28,7 @@ from negrec_fast.kernels._common_ss import (
     block_sizes,
     compute_dtype,
     dot_precision,
-    num_splits,
+    split_loop,
     use_triton,
 )
 from negrec_fast.losses import sampled_softmax_loss
@@ -187,12 +187,6 @@ def _bwd_de_kernel(
     tl.store(de_ptr + out, de, mask=(cols < C)[:, None] & (dims[None, :] < D))
 
 
-def _split(n_outer: int, n_inner: int, device: torch.device) -> tuple[int, int]:
-    """``(splits, blocks_per_split)`` with no empty split."""
-    per_split = triton.cdiv(n_inner, num_splits(n_outer, n_inner, device))
-    return triton.cdiv(n_inner, per_split), per_split
-
-
 class _FusedSampledSoftmax(torch.autograd.Function):
     """Per-row sampled softmax loss ``[N]`` (0 on padding rows); grads for query and item_weight."""
 
@@ -208,7 +202,7 @@ class _FusedSampledSoftmax(torch.autograd.Function):
         logq = logq.to(acc).contiguous() if logq is not None else None
         block_m, block_n, block_d, warps = block_sizes(d, q.device)
         n_row_blocks = triton.cdiv(n, block_m)
-        splits, per_split = _split(n_row_blocks, triton.cdiv(c, block_n), q.device)
+        splits, per_split = split_loop(n_row_blocks, triton.cdiv(c, block_n), q.device)
 
         part_max, part_sum, part_pos = torch.empty((3, splits, n), dtype=acc, device=q.device)
         _fwd_kernel[(n_row_blocks, splits)](
@@ -248,14 +242,14 @@ class _FusedSampledSoftmax(torch.autograd.Function):
 
         grad_query = grad_weight = None
         if ctx.needs_input_grad[0]:
-            splits, per_split = _split(n_row_blocks, n_col_blocks, q.device)
+            splits, per_split = split_loop(n_row_blocks, n_col_blocks, q.device)
             part = torch.empty((splits, n, d), dtype=acc, device=q.device)
             _bwd_dq_kernel[(n_row_blocks, splits)](
                 *args, part, n, c, d, ctx.ignore_index, per_split, *scalars, **common
             )
             grad_query = part.sum(dim=0).to(ctx.dtypes[0])
         if ctx.needs_input_grad[1]:
-            splits, per_split = _split(n_col_blocks, n_row_blocks, q.device)
+            splits, per_split = split_loop(n_col_blocks, n_row_blocks, q.device)
             part = torch.empty((splits, c, d), dtype=acc, device=q.device)
             _bwd_de_kernel[(n_col_blocks, splits)](
                 *args, part, n, c, d, ctx.ignore_index, per_split, *scalars, **common
