@@ -62,7 +62,7 @@ def test_accumulator_means_over_batches():
     assert out["MRR@3"] == pytest.approx((1 + 0.5) / 3)
     assert out["NDCG@3"] == pytest.approx((1 + 1 / math.log2(3)) / 3)
     assert out["HR@10_kept"] == pytest.approx(1.0)
-    assert "skip_mrr@10" not in out and "HR@10_gap" not in out  # no skipped targets yet
+    assert "skip_MRR@10" not in out and "HR@10_gap" not in out  # no skipped targets yet
     acc.reset()
     assert acc.compute() == {"n_kept": 0, "n_skipped": 0}
 
@@ -82,7 +82,7 @@ def test_skip_metrics_use_each_targets_own_flag_not_the_last_input():
     assert skips[inputs_end - 1]  # the last input was skipped: using it would flip the groups
     assert out["n_kept"] == 1 and out["n_skipped"] == 1
     assert out["MRR@10"] == pytest.approx(0.5) and out["HR@1"] == 0.0  # item 5 (kept) at rank 2
-    assert out["skip_mrr@10"] == pytest.approx(1.0)  # item 6 (skipped) at rank 1: bad model
+    assert out["skip_MRR@10"] == pytest.approx(1.0)  # item 6 (skipped) at rank 1: bad model
     assert out["HR@10_kept"] == 1.0 and out["HR@10_skipped"] == 1.0 and out["HR@10_gap"] == 0.0
     with pytest.raises(TypeError, match="target_skipped"):
         acc.add(ranks)  # the flag must be passed explicitly
@@ -95,7 +95,7 @@ def test_skip_gap_and_errors():
     assert out["HR@10_kept"] == pytest.approx(2 / 3)
     assert out["HR@10_skipped"] == pytest.approx(0.5)
     assert out["HR@10_gap"] == pytest.approx(2 / 3 - 0.5)
-    assert out["skip_mrr@10"] == pytest.approx(0.2 / 2)
+    assert out["skip_MRR@10"] == pytest.approx(0.2 / 2)
     shapes = r"ranks and target_skipped must both be \[B\], got \(2,\) and \(3,\)"
     with pytest.raises(ValueError, match=shapes):
         acc.add(torch.tensor([1, 2]), target_skipped=torch.tensor([0, 0, 1]))

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from negrec_fast.config import EvalConfig
-from negrec_fast.metrics import hit_rate, mrr, ndcg
+from negrec_fast.metrics import MetricAccumulator, sampled_ranks, target_ranks
 
 SKIP_K = 10
 
@@ -79,81 +79,34 @@ def build_examples(dataset, split: str, max_len: int) -> EvalExamples:
     )
 
 
-def _ranks(
-    scores: torch.Tensor,
-    competitor_scores: torch.Tensor,
-    rows: torch.Tensor,
-    items: torch.Tensor,
-    inputs: torch.Tensor | None,
-) -> torch.Tensor:
-    """1-based rank of ``items[j]`` (its score in ``scores[rows[j]]``) among the competitors
-    ``competitor_scores[rows[j]]``; ties count in the item's favour. With ``inputs`` given, the
-    input session's items are excluded from the competitors (the ranked item never is)."""
-    own = scores[rows, items]
-    competitors = competitor_scores[rows]
-    if inputs is not None:
-        competitors = competitors.scatter(1, inputs[rows], float("-inf"))
-    return (competitors > own[:, None]).sum(dim=1) + 1
-
-
 @torch.no_grad()
 def evaluate_model(model, dataset, split: str, cfg: EvalConfig, max_len: int, device: torch.device) -> dict[str, float]:
     """Metrics of ``model`` on ``split``: HR/NDCG/MRR@K over kept targets and skip down-ranking."""
     examples = build_examples(dataset, split, max_len)
     was_training = model.training
     model.eval()
-    kept_ranks, skip_ranks = [], []
-    skip_order = np.argsort(examples.skipped_example, kind="stable")
-    skip_ex = examples.skipped_example[skip_order]
-    skip_items = examples.skipped_items[skip_order]
+    acc = MetricAccumulator(tuple(cfg.ks), skip_k=SKIP_K)
+    order = np.argsort(examples.skipped_example, kind="stable")
+    skip_ex, skip_items = examples.skipped_example[order], examples.skipped_items[order]
     generator = torch.Generator().manual_seed(cfg.seed)
     for lo in range(0, len(examples), cfg.batch_size):
         hi = min(lo + cfg.batch_size, len(examples))
         inputs = torch.from_numpy(examples.inputs[lo:hi]).to(device)
         scores = model.score_all(model.next_query(inputs)).float()
-        competitors = scores
-        if cfg.sampled_candidates:
-            competitors = _sampled_scores(scores, cfg.sampled_candidates, generator)
-        exclude = inputs if cfg.exclude_seen else None
-        rows = torch.arange(hi - lo, device=device)
-        targets = torch.from_numpy(examples.targets[lo:hi]).to(device)
-        kept_ranks.append(_ranks(scores, competitors, rows, targets, exclude).cpu())
         a, b = np.searchsorted(skip_ex, [lo, hi])
-        if b > a:
-            s_rows = torch.from_numpy(skip_ex[a:b] - lo).to(device)
-            s_items = torch.from_numpy(skip_items[a:b]).to(device)
-            skip_ranks.append(_ranks(scores, competitors, s_rows, s_items, exclude).cpu())
+        rows = torch.cat([torch.arange(hi - lo), torch.from_numpy(skip_ex[a:b] - lo)]).to(device)
+        held_out = torch.from_numpy(np.concatenate([examples.targets[lo:hi], skip_items[a:b]])).to(device)
+        skipped = torch.arange(len(held_out), device=device) >= hi - lo
+        acc.add(_rank(scores[rows], held_out, inputs[rows], cfg, generator), target_skipped=skipped)
     model.train(was_training)
-    kept = torch.cat(kept_ranks) if kept_ranks else torch.zeros(0, dtype=torch.long)
-    skipped = torch.cat(skip_ranks) if skip_ranks else torch.zeros(0, dtype=torch.long)
-    return summarize(kept, skipped, cfg.ks)
+    return acc.compute()
 
 
-def summarize(kept: torch.Tensor, skipped: torch.Tensor, ks) -> dict[str, float]:
-    """The metrics table from the ranks of kept targets and of held-out skipped tracks."""
-    out: dict[str, float] = {"n_targets": float(len(kept)), "n_skipped": float(len(skipped))}
-    for k in ks:
-        out[f"HR@{k}"] = hit_rate(kept, k)
-        out[f"NDCG@{k}"] = ndcg(kept, k)
-        out[f"MRR@{k}"] = mrr(kept, k)
-    out[f"skip_MRR@{SKIP_K}"] = mrr(skipped, SKIP_K) if len(skipped) else float("nan")
-    out[f"HR@{SKIP_K}_kept"] = hit_rate(kept, SKIP_K)
-    out[f"HR@{SKIP_K}_skipped"] = hit_rate(skipped, SKIP_K) if len(skipped) else float("nan")
-    out[f"HR@{SKIP_K}_gap"] = out[f"HR@{SKIP_K}_kept"] - out[f"HR@{SKIP_K}_skipped"]
-    return out
-
-
-def _sampled_scores(scores: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
-    """Keep, per row, only ``n`` uniformly drawn catalogue items as competitors (others -inf).
-
-    Held-out items are ranked with their own unmasked score (``_ranks``).
-    """
-    b, v = scores.shape
-    keep = torch.zeros(b, v, dtype=torch.bool)
-    draws = torch.randint(2, v, (b, n), generator=generator)
-    keep.scatter_(1, draws, True)
-    keep = keep.to(scores.device)
-    return torch.where(keep, scores, torch.full_like(scores, float("-inf")))
+def _rank(scores: torch.Tensor, held_out: torch.Tensor, inputs: torch.Tensor, cfg: EvalConfig, generator) -> torch.Tensor:
+    """Rank of each held-out item in its row: full catalogue, or sampled candidates on request."""
+    if cfg.sampled_candidates:
+        return sampled_ranks(scores, held_out, cfg.sampled_candidates, generator)
+    return target_ranks(scores, held_out, exclude=inputs if cfg.exclude_seen else None)
 
 
 def evaluate(run_dir, split: str = "test", *, checkpoint: str = "best", device: str = "cpu") -> dict[str, float]:

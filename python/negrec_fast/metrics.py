@@ -96,7 +96,7 @@ class MetricAccumulator:
     Each held-out target carries ITS OWN skip flag (``target_skipped``), passed explicitly
     by the caller: never derive it from the last input play. Kept targets give
     ``HR@k``, ``NDCG@k``, ``MRR@k`` for every k in ``ks``. Skipped targets (held-out
-    tracks the user skipped; the model should rank them low) give ``skip_mrr@{skip_k}``
+    tracks the user skipped; the model should rank them low) give ``skip_MRR@{skip_k}``
     (mean MRR@skip_k over skipped targets, lower is better), ``HR@{skip_k}_skipped``, and
     with kept targets too ``HR@{skip_k}_kept`` and ``HR@{skip_k}_gap`` (kept - skipped).
     Metrics of a group with no targets are left out of :meth:`compute`; ``n_kept`` and
@@ -135,13 +135,13 @@ class MetricAccumulator:
             values[f"NDCG@{j}"] = ndcg(kept_ranks, j)
             values[f"MRR@{j}"] = mrr(kept_ranks, j)
         values[f"HR@{k}_skipped"] = hit_rate(skipped_ranks, k)
-        values[f"skip_mrr@{k}"] = mrr(skipped_ranks, k)
+        values[f"skip_MRR@{k}"] = mrr(skipped_ranks, k)
         sums = torch.stack([v.sum() for v in values.values()]).tolist()  # one device sync
         for name, total in zip(values, sums):
             self.sums[name] = self.sums.get(name, 0.0) + total
 
     def compute(self) -> dict[str, float | int]:
-        """Means so far, e.g. ``{"HR@10": ..., "NDCG@10": ..., "skip_mrr@10": ...}``."""
+        """Means so far, e.g. ``{"HR@10": ..., "NDCG@10": ..., "skip_MRR@10": ...}``."""
         k = self.skip_k
         out: dict[str, float | int] = {"n_kept": self.n_kept, "n_skipped": self.n_skipped}
         if self.n_kept:
@@ -149,7 +149,7 @@ class MetricAccumulator:
                 out[name] = self.sums[name] / self.n_kept
             out[f"HR@{k}_kept"] = self.sums[f"HR@{k}_kept"] / self.n_kept
         if self.n_skipped:
-            out[f"skip_mrr@{k}"] = self.sums[f"skip_mrr@{k}"] / self.n_skipped
+            out[f"skip_MRR@{k}"] = self.sums[f"skip_MRR@{k}"] / self.n_skipped
             out[f"HR@{k}_skipped"] = self.sums[f"HR@{k}_skipped"] / self.n_skipped
         if self.n_kept and self.n_skipped:
             out[f"HR@{k}_gap"] = out[f"HR@{k}_kept"] - out[f"HR@{k}_skipped"]

@@ -332,7 +332,7 @@ class Trainer:
         score = valid.get(metric, float("nan"))
         # Without validation targets (e.g. a temporal split with no validation share) the
         # latest epoch counts as the best.
-        no_targets = valid.get("n_targets", 0) == 0
+        no_targets = valid.get("n_kept", 0) == 0
         improved = self.best is None or no_targets or (math.isfinite(score) and score > self.best["score"])
         if improved:
             self.best = {"epoch": self.epoch + 1, "score": score, "metric": metric, "valid": valid}

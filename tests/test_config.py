@@ -1,0 +1,62 @@
+"""Config loading, overrides and validation: bad configs fail before any work, naming the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from negrec_fast.config import Config, load_config, to_toml
+from negrec_fast.errors import ConfigError
+
+
+def test_defaults_are_the_papers_setup():
+    cfg = Config()
+    assert (cfg.model.name, cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads) == ("sasrec", 2, 128, 8)
+    assert cfg.loss.n_negatives == 1000 and cfg.loss.nce_temperature == 0.1
+    assert cfg.data.path == "synthetic"
+
+
+def test_file_then_overrides(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[train]\nepochs = 3\nlr = 0.01\n[model]\nname = "bert4rec"\n')
+    cfg = load_config(path, ["train.epochs=5", "loss.nce_weight=0", "eval.ks=[1, 10]", "train.early_stopping_metric=HR@10"])
+    assert cfg.train.epochs == 5 and cfg.train.lr == 0.01 and cfg.model.name == "bert4rec"
+    assert cfg.loss.nce_weight == 0.0 and isinstance(cfg.loss.nce_weight, float)
+    assert cfg.eval.ks == [1, 10]
+
+
+def test_round_trip_through_toml(tmp_path):
+    cfg = load_config(None, ["model.name=gru4rec", "run.name=x \"quoted\""])
+    path = tmp_path / "resolved.toml"
+    path.write_text(to_toml(cfg))
+    assert load_config(path) == cfg
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.epoch=3"], "unknown config key 'train.epoch'; allowed keys: epochs,"),
+        (["trian.epochs=3"], "unknown config section [trian]; allowed sections: data, model"),
+        (["train.epochs=three"], "train.epochs must be int, got str 'three'"),
+        (["train.epochs=2.5"], "train.epochs must be int, got float 2.5"),
+        (["train.epochs=0"], "train.epochs must be > 0, got 0"),
+        (["model.dropout=1.0"], "model.dropout must be in [0, 1), got 1.0"),
+        (["model.n_heads=3"], "model.d_model (128) must be divisible by model.n_heads (3)"),
+        (["model.name=gpt"], "model.name must be one of 'sasrec', 'bert4rec', 'gru4rec', got 'gpt'"),
+        (["loss.backend=cuda"], "loss.backend must be one of 'auto', 'triton', 'torch', got 'cuda'"),
+        (["train.early_stopping_metric=NDCG@7"], "train.early_stopping_metric must be HR@K, NDCG@K or MRR@K"),
+        (["eval.ks=[0]"], "eval.ks must be a non-empty list of positive integers"),
+        (["eval.ks=[1.5]"], "eval.ks must be a list of int"),
+        (["epochs=3"], "must look like section.key=value"),
+    ],
+)
+def test_bad_configs_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert message in str(err.value)
+
+
+def test_invalid_toml_names_the_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[train\nepochs = 1\n")
+    with pytest.raises(ConfigError, match="bad.toml: invalid TOML"):
+        load_config(path)
