@@ -30,8 +30,11 @@ def file_sha256(path: Path) -> str:
 
 
 def _read_table(path: Path) -> pa.Table:
-    with pa.memory_map(str(path), "r") as source:
-        return ipc.open_file(source).read_all()
+    try:
+        with pa.memory_map(str(path), "r") as source:
+            return ipc.open_file(source).read_all()
+    except (OSError, pa.ArrowInvalid) as e:
+        raise InputError(f"{path}: not a readable Arrow IPC file ({e})") from None
 
 
 def _column(table: pa.Table, name: str) -> pa.Array:
