@@ -29,7 +29,7 @@ pub(crate) fn read(path: &Path) -> Result<AHashMap<Vec<u8>, f64>> {
             continue;
         }
         let parsed = fields::split_quoted(line, 0, line.len(), delimiter, &mut spans).and_then(|()| {
-            let f = Fields { data: line, spans: &spans };
+            let f = Fields::all(line, &spans);
             f.expect_count(2, delimiter)?;
             match fields::parse_f64(f.raw(1)) {
                 Some(d) => Ok(Some((f.text(0).into_owned(), d))),

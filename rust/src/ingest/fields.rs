@@ -23,15 +23,22 @@ pub(crate) struct Span {
     pub escaped: bool,
 }
 
-/// The fields of one row, borrowed from the chunk they were read from.
+/// The fields of one row, borrowed from the chunk they were read from. Only the first
+/// `spans.len()` fields are located; `count` is the row's number of fields.
 pub(crate) struct Fields<'a, 's> {
     pub data: &'a [u8],
     pub spans: &'s [Span],
+    pub count: usize,
 }
 
-impl<'a> Fields<'a, '_> {
+impl<'a, 's> Fields<'a, 's> {
+    /// All fields located.
+    pub fn all(data: &'a [u8], spans: &'s [Span]) -> Self {
+        Fields { data, spans, count: spans.len() }
+    }
+
     pub fn len(&self) -> usize {
-        self.spans.len()
+        self.count
     }
 
     /// The raw bytes of field `i` (0-based), quotes removed but `""` left as is.
@@ -341,7 +348,7 @@ mod tests {
         let line = br#"a,"b,c","say ""hi""",,"e""#;
         let mut spans = Vec::new();
         split_quoted(line, 0, line.len(), b',', &mut spans).unwrap();
-        let f = Fields { data: line, spans: &spans };
+        let f = Fields::all(line, &spans);
         let texts: Vec<Vec<u8>> = (0..f.len()).map(|i| f.text(i).into_owned()).collect();
         assert_eq!(texts, vec![b"a".to_vec(), b"b,c".to_vec(), br#"say "hi""#.to_vec(), b"".to_vec(), b"e".to_vec()]);
         let bad = br#"a,"b"#;

@@ -165,7 +165,7 @@ fn header_names(first_line: &[u8], delimiter: u8, strip_types: bool) -> Vec<Stri
     if fields::split_quoted(first_line, 0, first_line.len(), delimiter, &mut spans).is_err() {
         spans = vec![Span { start: 0, end: first_line.len(), escaped: false }];
     }
-    let f = Fields { data: first_line, spans: &spans };
+    let f = Fields::all(first_line, &spans);
     (0..f.len())
         .map(|i| {
             let name = String::from_utf8_lossy(&f.text(i)).trim().trim_start_matches('\u{feff}').to_string();
@@ -292,6 +292,16 @@ impl Parser {
             Parser::Mssd { .. } => b',',
             Parser::Lfm1k | Parser::Lfm2b => b'\t',
             Parser::Table { delimiter, .. } => *delimiter,
+        }
+    }
+
+    /// Fields a row must be split into (the rest are only counted).
+    pub fn needed_fields(&self) -> usize {
+        match *self {
+            Parser::Mssd { session, position, track, skip, .. } => session.max(position).max(track).max(skip) + 1,
+            Parser::Lfm1k => 6,
+            Parser::Lfm2b => 3,
+            Parser::Table { n, .. } => n,
         }
     }
 

@@ -87,8 +87,8 @@ impl<'a> ChunkParser<'a, '_> {
     }
 
     /// Handles one line; returns false to stop (first error when not skipping bad rows).
-    fn line(&mut self, line_index: u64, spans: &[Span]) -> bool {
-        match self.try_line(spans) {
+    fn line(&mut self, line_index: u64, spans: &[Span], count: usize) -> bool {
+        match self.try_line(&Fields { data: self.data, spans, count }) {
             Ok(()) => true,
             Err(e) => {
                 self.chunk.bad_rows += 1;
@@ -100,9 +100,9 @@ impl<'a> ChunkParser<'a, '_> {
         }
     }
 
-    fn try_line(&mut self, spans: &[Span]) -> std::result::Result<(), FieldError> {
+    fn try_line(&mut self, fields: &Fields<'a, '_>) -> std::result::Result<(), FieldError> {
         self.chunk.rows += 1;
-        let row = self.parser.row(&Fields { data: self.data, spans })?;
+        let row = self.parser.row(fields)?;
         let new_run = self.chunk.run_keys.last() != Some(&row.group[..]);
         if new_run && std::str::from_utf8(&row.group).is_err() {
             return Err(FieldError::new(row.group_col, "invalid UTF-8 in a key field"));
@@ -131,6 +131,18 @@ impl<'a> ChunkParser<'a, '_> {
         self.chunk.order.push(row.order);
         Ok(())
     }
+}
+
+/// Position of the first `a` or `b` at or after `from` (or `data.len()`); fields are short, so a
+/// plain loop beats a vectorised search here.
+#[inline]
+fn find2(data: &[u8], from: usize, a: u8, b: u8) -> usize {
+    data[from..].iter().position(|&c| c == a || c == b).map_or(data.len(), |k| from + k)
+}
+
+/// Occurrences of `byte` (vectorised by the compiler).
+fn count_byte(data: &[u8], byte: u8) -> usize {
+    data.iter().map(|&c| (c == byte) as usize).sum()
 }
 
 fn trim_cr(data: &[u8], end: usize, start: usize) -> usize {
@@ -164,37 +176,43 @@ pub(crate) fn parse_chunk(data: &[u8], parser: &Parser, skip_bad: bool, progress
         }
     };
     if memchr::memchr(b'"', data).is_none() {
-        // Fast path: one scan for delimiters and newlines.
-        let mut field_start = 0usize;
-        let mut line_start = 0usize;
-        let mut handle = |line_start: usize, end: usize, spans: &mut Vec<Span>, line_index: u64| -> bool {
-            let trimmed = trim_cr(data, end, line_start);
-            if let Some(last) = spans.last_mut() {
-                last.end = last.end.min(trimmed).max(last.start);
-            }
-            let ok = if trimmed == line_start { true } else { p.line(line_index, spans) };
+        // Fast path (no quotes): locate the fields the parser reads, count the others.
+        let needed = parser.needed_fields().max(1);
+        let mut start = 0usize;
+        while start < data.len() {
             spans.clear();
-            ok
-        };
-        let mut stopped = false;
-        for pos in memchr::memchr2_iter(delimiter, b'\n', data) {
-            spans.push(Span { start: field_start, end: pos, escaped: false });
-            field_start = pos + 1;
-            if data[pos] == b'\n' {
-                let ok = handle(line_start, pos, &mut spans, line_index);
-                line_index += 1;
-                line_start = pos + 1;
-                report(line_start, &mut reported);
-                if !ok {
-                    stopped = true;
+            let mut pos = start;
+            let mut line_end = None;
+            while spans.len() < needed {
+                let at = find2(data, pos, delimiter, b'\n');
+                spans.push(Span { start: pos, end: at, escaped: false });
+                pos = at + 1;
+                if at == data.len() || data[at] == b'\n' {
+                    line_end = Some(at);
                     break;
                 }
             }
-        }
-        if !stopped && line_start < data.len() {
-            spans.push(Span { start: field_start, end: data.len(), escaped: false });
-            handle(line_start, data.len(), &mut spans, line_index);
+            let (end, count) = match line_end {
+                Some(end) => {
+                    let trimmed = trim_cr(data, end, start);
+                    if let Some(last) = spans.last_mut() {
+                        last.end = last.end.min(trimmed).max(last.start);
+                    }
+                    (end, spans.len())
+                }
+                None => {
+                    let end = memchr::memchr(b'\n', &data[pos..]).map_or(data.len(), |k| pos + k);
+                    (end, spans.len() + 1 + count_byte(&data[pos..end], delimiter))
+                }
+            };
+            let blank = count == 1 && spans[0].start == spans[0].end;
+            let ok = blank || p.line(line_index, &spans, count);
             line_index += 1;
+            start = end + 1;
+            report(start.min(data.len()), &mut reported);
+            if !ok {
+                break;
+            }
         }
     } else {
         let mut start = 0usize;
@@ -205,7 +223,7 @@ pub(crate) fn parse_chunk(data: &[u8], parser: &Parser, skip_bad: bool, progress
                 true
             } else {
                 match fields::split_quoted(data, start, end, delimiter, &mut spans) {
-                    Ok(()) => p.line(line_index, &spans),
+                    Ok(()) => p.line(line_index, &spans, spans.len()),
                     Err(e) => {
                         p.chunk.rows += 1;
                         p.chunk.bad_rows += 1;
