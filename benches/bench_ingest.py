@@ -1,0 +1,148 @@
+"""Ingest throughput on a synthetic MSSD-format CSV: negrec-fast vs pandas, pyarrow and polars.
+
+The job for every library: read the CSV, label skips (skip_2), encode track ids to ints in order
+of first appearance, and group rows into sessions (CSR offsets). Rows: `NEGREC_BENCH_ROWS`
+(default 3,000,000, about 500 MB). Run: `pytest benches/bench_ingest.py --benchmark-only`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pytest
+
+from negrec_fast import _core
+
+ROWS = int(os.environ.get("NEGREC_BENCH_ROWS", "3000000"))
+COLUMNS = (
+    "session_id,session_position,session_length,track_id_clean,skip_1,skip_2,skip_3,not_skipped,context_switch,"
+    "no_pause_before_play,short_pause_before_play,long_pause_before_play,hist_user_behavior_n_seekfwd,"
+    "hist_user_behavior_n_seekback,hist_user_behavior_is_shuffle,hour_of_day,date,premium,context_type,"
+    "hist_user_behavior_reason_start,hist_user_behavior_reason_end"
+).split(",")
+
+
+def _hex_ids(rng: np.random.Generator, prefix: str, n: int) -> pa.Array:
+    """n uuid-like ids `prefix` + 36 characters."""
+    raw = rng.integers(0, 16, size=(n, 32), dtype=np.uint8)
+    chars = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)[raw]
+    dashed = np.full((n, 36), ord("-"), dtype=np.uint8)
+    for dst, src in ((slice(0, 8), slice(0, 8)), (slice(9, 13), slice(8, 12)), (slice(14, 18), slice(12, 16)),
+                     (slice(19, 23), slice(16, 20)), (slice(24, 36), slice(20, 32))):
+        dashed[:, dst] = chars[:, src]
+    return pa.array([prefix + s for s in dashed.view("S36").ravel().astype(str)])
+
+
+def _choice(rng: np.random.Generator, values: list[str], n: int, p: list[float] | None = None) -> pa.DictionaryArray:
+    idx = rng.choice(len(values), size=n, p=p).astype(np.int32)
+    return pa.DictionaryArray.from_arrays(idx, pa.array(values))
+
+
+def write_mssd(path: Path, rows: int, seed: int = 0) -> None:
+    """Writes an MSSD-format CSV: sessions of 10-20 plays, Zipf-like track popularity."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(10, 21, size=rows // 10 + 1)
+    lengths = lengths[: np.searchsorted(np.cumsum(lengths), rows) + 1]
+    lengths[-1] -= lengths.sum() - rows
+    n_sessions = len(lengths)
+    session = np.repeat(np.arange(n_sessions, dtype=np.int32), lengths)
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    n_tracks = max(rows // 15, 10)
+    track = np.minimum(rng.zipf(1.3, size=rows) - 1, n_tracks - 1).astype(np.int32)
+    track = rng.permutation(n_tracks).astype(np.int32)[track]
+    level = rng.choice(4, size=rows, p=[0.45, 0.1, 0.1, 0.35])  # 0 = played through .. 3 = skip_1
+    tf = pa.array(["False", "True"])
+    flag = lambda mask: pa.DictionaryArray.from_arrays(mask.astype(np.int8), tf)  # noqa: E731
+    small = lambda hi: pa.array(rng.integers(0, hi, size=rows))  # noqa: E731
+    columns = {
+        "session_id": pa.DictionaryArray.from_arrays(session, _hex_ids(rng, "0_", n_sessions)),
+        "session_position": pa.array(np.arange(rows) - starts + 1),
+        "session_length": pa.array(np.repeat(lengths, lengths)),
+        "track_id_clean": pa.DictionaryArray.from_arrays(track, _hex_ids(rng, "t_", n_tracks)),
+        "skip_1": flag(level >= 3),
+        "skip_2": flag(level >= 2),
+        "skip_3": flag(level >= 1),
+        "not_skipped": flag(level == 0),
+        "context_switch": small(2),
+        "no_pause_before_play": small(2),
+        "short_pause_before_play": small(2),
+        "long_pause_before_play": small(2),
+        "hist_user_behavior_n_seekfwd": small(3),
+        "hist_user_behavior_n_seekback": small(3),
+        "hist_user_behavior_is_shuffle": flag(rng.random(rows) < 0.3),
+        "hour_of_day": small(24),
+        "date": _choice(rng, ["15-07-18", "14-07-18", "13-07-18"], rows),
+        "premium": flag(rng.random(rows) < 0.8),
+        "context_type": _choice(rng, ["editorial_playlist", "user_collection", "catalog", "radio"], rows),
+        "hist_user_behavior_reason_start": _choice(rng, ["trackdone", "fwdbtn", "clickrow"], rows),
+        "hist_user_behavior_reason_end": _choice(rng, ["trackdone", "fwdbtn", "endplay"], rows),
+    }
+    table = pa.table({name: columns[name] for name in COLUMNS})
+    pacsv.write_csv(table, path, pacsv.WriteOptions(quoting_style="none"))
+
+
+@pytest.fixture(scope="session")
+def mssd_csv(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("bench_ingest") / f"mssd_{ROWS}.csv"
+    write_mssd(path, ROWS)
+    return path
+
+
+NEEDED = ["session_id", "track_id_clean", "skip_2"]
+
+
+def _offsets(change: np.ndarray, n: int) -> np.ndarray:
+    return np.concatenate([[0], np.flatnonzero(change) + 1, [n]]).astype(np.int64)
+
+
+def job_negrec(path: Path):
+    out = _core.ingest([str(path)], "mssd", min_length=1, max_length=None, require_skip=False)
+    return out["offsets"], out["items"] - 2, out["skips"]
+
+
+def job_pyarrow(path: Path):
+    table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(include_columns=NEEDED))
+    sid = table.column("session_id").combine_chunks()
+    items = table.column("track_id_clean").combine_chunks().dictionary_encode().indices.to_numpy()
+    skips = table.column("skip_2").to_numpy().astype(np.uint8)
+    change = pc.not_equal(sid[1:], sid[:-1]).to_numpy(zero_copy_only=False)
+    return _offsets(change, len(sid)), items, skips
+
+
+def job_pandas(path: Path):
+    pd = pytest.importorskip("pandas")
+    df = pd.read_csv(path, usecols=NEEDED)
+    items, _ = pd.factorize(df["track_id_clean"])
+    sid = df["session_id"].to_numpy()
+    return _offsets(sid[1:] != sid[:-1], len(sid)), items, df["skip_2"].to_numpy().astype(np.uint8)
+
+
+def job_polars(path: Path):
+    pl = pytest.importorskip("polars")
+    df = pl.read_csv(path, columns=NEEDED)
+    track = df.get_column("track_id_clean")
+    items = track.unique(maintain_order=True).to_frame("t").with_row_index("id").join(
+        track.to_frame("t"), on="t", how="right", maintain_order="right").get_column("id").to_numpy()
+    sid = df.get_column("session_id")
+    change = (sid.slice(1) != sid.slice(0, len(sid) - 1)).to_numpy()
+    return _offsets(change, len(sid)), items, df.get_column("skip_2").cast(pl.UInt8).to_numpy()
+
+
+JOBS = {"negrec_fast": job_negrec, "pyarrow": job_pyarrow, "pandas": job_pandas, "polars": job_polars}
+
+
+@pytest.mark.parametrize("library", list(JOBS))
+def test_ingest_mssd(benchmark, mssd_csv, library):
+    job = JOBS[library]
+    offsets, items, skips = benchmark.pedantic(job, args=(mssd_csv,), rounds=3, iterations=1, warmup_rounds=0)
+    ref_offsets, ref_items, ref_skips = job_negrec(mssd_csv)
+    assert np.array_equal(offsets, ref_offsets)
+    assert np.array_equal(items, ref_items)
+    assert np.array_equal(skips, ref_skips)
+    mb = mssd_csv.stat().st_size / 1e6
+    benchmark.extra_info.update(rows=ROWS, megabytes=round(mb, 1), mb_per_s=round(mb / benchmark.stats["median"], 1))

@@ -1,0 +1,308 @@
+"""`prepare`: raw session logs -> processed dataset folder, via the Rust ingest engine.
+
+Rust parses, labels, filters, encodes and splits (GIL released, multi-threaded) and returns
+numpy arrays it owns; they become Arrow arrays without copies and are written here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import threading
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from negrec_fast import __version__, _core
+from negrec_fast.data.dataset import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    SESSIONS_FILE,
+    VOCAB_FILE,
+    SessionDataset,
+    file_sha256,
+    load_dataset,
+)
+from negrec_fast.progress import Progress
+
+FORMATS = ("mssd", "lfm1k", "lfm2b", "events", "recbole")
+PathArg = str | PathLike[str]
+
+# Column-mapping options of the events/recbole formats (passed to Rust as is).
+MAPPING_KEYS = (
+    "session",
+    "user",
+    "item",
+    "timestamp",
+    "position",
+    "timestamp_unit",
+    "skip_column",
+    "ratio_column",
+    "play_time_column",
+    "duration_column",
+    "rating_column",
+    "threshold",
+    "delimiter",
+)
+
+
+def _strings(data: np.ndarray, offsets: np.ndarray) -> pa.LargeStringArray:
+    """A large_string array over a UTF-8 byte buffer and int64 offsets (no copy)."""
+    return pa.LargeStringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets), pa.py_buffer(data))
+
+
+def _list(offsets: np.ndarray, values: np.ndarray) -> pa.ListArray:
+    if offsets[-1] > np.iinfo(np.int32).max:
+        raise ValueError(f"{offsets[-1]} plays exceed the 2^31-1 limit of Arrow list<...> columns")
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))
+
+
+def _write(path: Path, batch: pa.RecordBatch) -> None:
+    with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+
+
+def _parquet_to_csv(paths: list[Path], workdir: Path) -> list[Path]:
+    """Parquet inputs of the events/recbole formats become CSV files in `workdir`."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    out = []
+    for i, path in enumerate(paths):
+        if path.suffix.lower() == ".parquet":
+            target = workdir / f"{i:04d}-{path.stem}.csv"
+            pacsv.write_csv(pq.read_table(path), target)
+            out.append(target)
+        else:
+            out.append(path)
+    return out
+
+
+def _run_with_progress(paths: list[str], show: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Runs `_core.ingest`; a helper thread draws input bytes processed while Rust works."""
+    if not show:
+        return _core.ingest(paths, **kwargs)
+    counter = _core.IngestProgress()
+    bar = Progress(_core.input_bytes(paths), "B", "prepare")
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.wait(0.2):
+            bar.update(counter.bytes - bar.count)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        return _core.ingest(paths, progress=counter, **kwargs)
+    finally:
+        done.set()
+        thread.join()
+        bar.update(counter.bytes - bar.count)
+        bar.close()
+
+
+def prepare(
+    input: PathArg | Sequence[PathArg],
+    output_dir: PathArg,
+    *,
+    format: str,
+    skip_rule: str = "skip_2",
+    min_length: int = 6,
+    max_length: int | None = 20,
+    require_skip: bool | None = None,
+    max_sessions: int | None = None,
+    seed: int = 0,
+    split: str = "leave-last-out",
+    valid_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    session_gap: int = 1800,
+    durations: PathArg | None = None,
+    session: str | None = None,
+    user: str | None = None,
+    item: str | None = None,
+    timestamp: str | None = None,
+    position: str | None = None,
+    timestamp_unit: str = "s",
+    skip_column: str | None = None,
+    ratio_column: str | None = None,
+    play_time_column: str | None = None,
+    duration_column: str | None = None,
+    rating_column: str | None = None,
+    threshold: float | None = None,
+    delimiter: str | None = None,
+    on_bad_rows: str = "error",
+    progress: bool = True,
+    overwrite: bool = False,
+) -> SessionDataset:
+    """Turns raw logs into a processed dataset folder and returns it loaded (memory-mapped).
+
+    input: a file, a folder of shards (read in name order) or a list of them; plain or ``.gz``
+    (``.parquet`` too for ``events``/``recbole``).
+    format: ``mssd`` (Spotify MSSD CSV), ``lfm1k`` (Last.fm 1K TSV), ``lfm2b`` (``user, track,
+    time`` TSV), ``events`` (CSV/TSV with a header) or ``recbole`` (``.inter``).
+    Filters, in order: a session (and each window of a cut one) needs ``min_length`` plays;
+    sessions longer than ``max_length`` (None = no cut) are cut into windows of ``max_length``
+    plays, the remainder kept only with ``min_length`` plays; ``require_skip`` (default: on for
+    MSSD, off otherwise) drops windows without a skip; ``max_sessions`` keeps a ``seed``-ed uniform
+    sample in file order. User-keyed timestamped logs are cut into sessions at gaps over
+    ``session_gap`` seconds (keys ``user#n``); windows of a cut session get ``:w`` appended.
+    Skips: MSSD ``skip_rule`` (``skip_1``, ``skip_2`` = default, ``skip_3``, ``not_skipped``);
+    events/recbole one of ``skip_column`` (boolean), ``ratio_column`` (< ``threshold``),
+    ``play_time_column``/``duration_column`` (ratio < ``threshold``), ``rating_column``
+    (< ``threshold``); timestamped logs without one may derive skips from ``durations``
+    (``track_id, duration_seconds``): a play is skipped when the next play of its session starts
+    before the track's duration has passed. LFM-1K rows without a track id use the key
+    ``artist-name + "\\x1f" + track-name``.
+    on_bad_rows: ``"error"`` raises InputError (``FILE:LINE:COL: ...``) at the first malformed
+    row; ``"skip"`` skips and counts them (manifest ``n_bad_rows``).
+    The folder is written to a temporary sibling and renamed into place when complete; an
+    existing non-empty ``output_dir`` is replaced only with ``overwrite=True``.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
+    if on_bad_rows not in ("error", "skip"):
+        raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {on_bad_rows!r}")
+    for name, value in (("min_length", min_length), ("max_length", max_length), ("max_sessions", max_sessions)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if require_skip is None:
+        require_skip = format == "mssd"
+    inputs = [Path(p) for p in ([input] if isinstance(input, (str, PathLike)) else input)]
+    out = Path(output_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True to replace it)")
+    mapping = {
+        "session": session,
+        "user": user,
+        "item": item,
+        "timestamp": timestamp,
+        "position": position,
+        "timestamp_unit": timestamp_unit,
+        "skip_column": skip_column,
+        "ratio_column": ratio_column,
+        "play_time_column": play_time_column,
+        "duration_column": duration_column,
+        "rating_column": rating_column,
+        "threshold": threshold,
+        "delimiter": delimiter,
+    }
+    rules = {
+        "skip_rule": skip_rule if format == "mssd" else None,
+        "min_length": min_length,
+        "max_length": max_length,
+        "require_skip": require_skip,
+        "max_sessions": max_sessions,
+        "seed": seed,
+        "session_gap": session_gap,
+        "durations": str(durations) if durations is not None else None,
+        "on_bad_rows": on_bad_rows,
+    }
+    kwargs: dict[str, Any] = dict(
+        format=format,
+        skip_rule=skip_rule,
+        min_length=min_length,
+        max_length=max_length,
+        require_skip=require_skip,
+        max_sessions=max_sessions,
+        seed=seed,
+        session_gap=session_gap,
+        split=split,
+        valid_fraction=valid_fraction,
+        test_fraction=test_fraction,
+        durations=str(durations) if durations is not None else None,
+        skip_bad_rows=on_bad_rows == "skip",
+    )
+    if format in ("events", "recbole"):
+        kwargs.update(mapping)
+        rules["columns"] = {k: v for k, v in mapping.items() if v is not None}
+    elif any(v is not None for k, v in mapping.items() if k != "timestamp_unit"):
+        raise ValueError(f"column-mapping options apply to the events and recbole formats, not {format}")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        if format in ("events", "recbole") and any(p.suffix.lower() == ".parquet" for p in inputs):
+            inputs = _parquet_to_csv(inputs, tmp)
+            if delimiter is None:
+                kwargs["delimiter"] = ","
+        raw = _run_with_progress([str(p) for p in inputs], progress, kwargs)
+        manifest = _write_folder(tmp, raw, format, rules, split, valid_fraction, test_fraction)
+        for p in tmp.glob("*.csv"):  # Parquet conversions
+            p.unlink()
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            out.rename(old / out.name)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    dataset = load_dataset(out)
+    assert dataset.manifest == manifest
+    return dataset
+
+
+def _write_folder(
+    folder: Path,
+    raw: dict[str, Any],
+    format: str,
+    rules: dict[str, Any],
+    split: str,
+    valid_fraction: float,
+    test_fraction: float,
+) -> dict[str, Any]:
+    """Writes sessions.arrow, vocab.arrow and manifest.json into `folder`; returns the manifest."""
+    offsets = raw["offsets"]
+    columns = {
+        "session": _strings(raw["session_data"], raw["session_offsets"]),
+        "items": _list(offsets, raw["items"]),
+        "skips": _list(offsets, raw["skips"]),
+    }
+    if raw["timestamps"] is not None:
+        columns["timestamps"] = _list(offsets, raw["timestamps"])
+    for name in ("train_end", "valid_target", "test_target"):
+        columns[name] = pa.array(raw[name])
+    _write(folder / SESSIONS_FILE, pa.RecordBatch.from_pydict(columns))
+    vocab = {"item": _strings(raw["vocab_data"], raw["vocab_offsets"]), "count": pa.array(raw["counts"])}
+    _write(folder / VOCAB_FILE, pa.RecordBatch.from_pydict(vocab))
+
+    skips = raw["skips"]
+    n_items = len(raw["counts"]) - 2
+    split_info: dict[str, Any] = {
+        "name": split,
+        "n_valid": int((raw["valid_target"] >= 0).sum()),
+        "n_test": int((raw["test_target"] >= 0).sum()),
+    }
+    if split == "temporal":
+        split_info.update(valid_fraction=valid_fraction, test_fraction=test_fraction)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "n_rows": int(len(skips)),
+        "n_sessions": int(len(offsets) - 1),
+        "n_items": n_items,
+        "vocab_size": n_items + 2,
+        "skip_rate": float(skips.mean()) if len(skips) else 0.0,
+        "n_bad_rows": int(raw["bad_rows"]),
+        "source": {
+            "format": format,
+            "paths": raw["files"],
+            "bytes": int(raw["bytes"]),
+            "rows_read": int(raw["rows_read"]),
+        },
+        "rules": rules,
+        "split": split_info,
+        "checksum": {name: file_sha256(folder / name) for name in (SESSIONS_FILE, VOCAB_FILE)},
+        "created_by": f"negrec-fast {__version__}",
+    }
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

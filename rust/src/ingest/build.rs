@@ -1,0 +1,385 @@
+//! From parsed chunks to sessions: merge chunk vocabularies, group and order rows, cut sessions
+//! at gaps, derive skips from durations, window/filter/sample, and encode the kept items.
+
+use ahash::AHashMap;
+use rayon::prelude::*;
+
+use super::source::Chunk;
+use super::Rules;
+
+/// All rows in one place; `items` are raw ids (first appearance in the file).
+pub(crate) struct Rows {
+    pub items: Vec<u32>,
+    pub skips: Vec<u8>,
+    pub order: Vec<i64>,
+}
+
+impl Rows {
+    fn permute(&mut self, perm: &[u32]) {
+        self.items = perm.par_iter().map(|&i| self.items[i as usize]).collect();
+        self.skips = perm.par_iter().map(|&i| self.skips[i as usize]).collect();
+        self.order = perm.par_iter().map(|&i| self.order[i as usize]).collect();
+    }
+}
+
+/// Rows of all chunks with a file-wide raw item vocabulary, and the runs of equal group keys.
+pub(crate) struct Merged<'c> {
+    pub rows: Rows,
+    pub raw_keys: Vec<&'c [u8]>,
+    /// (group key, first row) of each run, in file order.
+    pub runs: Vec<(&'c [u8], usize)>,
+}
+
+pub(crate) fn merge(chunks: &[Chunk]) -> Merged<'_> {
+    let mut ids: AHashMap<&[u8], u32> = AHashMap::new();
+    let mut raw_keys: Vec<&[u8]> = Vec::new();
+    let remaps: Vec<Vec<u32>> = chunks
+        .iter()
+        .map(|c| {
+            (0..c.item_keys.len())
+                .map(|i| {
+                    let key = c.item_keys.get(i);
+                    *ids.entry(key).or_insert_with(|| {
+                        raw_keys.push(key);
+                        raw_keys.len() as u32 - 1
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    let total: usize = chunks.iter().map(|c| c.items.len()).sum();
+    let mut items = vec![0u32; total];
+    let mut rest: &mut [u32] = &mut items;
+    let mut parts = Vec::with_capacity(chunks.len());
+    for c in chunks {
+        let (head, tail) = rest.split_at_mut(c.items.len());
+        parts.push(head);
+        rest = tail;
+    }
+    parts.into_par_iter().zip(chunks.par_iter().zip(remaps.par_iter())).for_each(|(out, (c, remap))| {
+        for (o, &local) in out.iter_mut().zip(&c.items) {
+            *o = remap[local as usize];
+        }
+    });
+    let mut skips = Vec::with_capacity(total);
+    let mut order = Vec::with_capacity(total);
+    let mut runs = Vec::new();
+    for c in chunks {
+        let base = skips.len();
+        for (r, &start) in c.run_starts.iter().enumerate() {
+            runs.push((c.run_keys.get(r), base + start as usize));
+        }
+        skips.extend_from_slice(&c.skips);
+        order.extend_from_slice(&c.order);
+    }
+    Merged { rows: Rows { items, skips, order }, raw_keys, runs }
+}
+
+/// Contiguous groups of rows: group `g` is rows `bounds[g]..bounds[g + 1]`.
+pub(crate) struct Groups<'c> {
+    pub keys: Vec<&'c [u8]>,
+    pub bounds: Vec<usize>,
+}
+
+/// Groups rows: runs with the same key as the run before (`consecutive`), or all rows with
+/// the same key (groups in order of first appearance, rows kept in file order).
+pub(crate) fn group<'c>(rows: &mut Rows, runs: &[(&'c [u8], usize)], consecutive: bool) -> Groups<'c> {
+    let n = rows.items.len();
+    let run_end = |r: usize| runs.get(r + 1).map_or(n, |x| x.1);
+    let mut keys: Vec<&[u8]> = Vec::new();
+    let mut bounds = vec![0usize];
+    if consecutive {
+        for (r, &(key, _)) in runs.iter().enumerate() {
+            if keys.last() == Some(&key) {
+                *bounds.last_mut().expect("bounds start non-empty") = run_end(r);
+            } else {
+                keys.push(key);
+                bounds.push(run_end(r));
+            }
+        }
+        return Groups { keys, bounds };
+    }
+    let mut gid_of: AHashMap<&[u8], u32> = AHashMap::new();
+    let mut run_group = Vec::with_capacity(runs.len());
+    let mut sizes: Vec<usize> = Vec::new();
+    for (r, &(key, start)) in runs.iter().enumerate() {
+        let g = *gid_of.entry(key).or_insert_with(|| {
+            keys.push(key);
+            sizes.push(0);
+            keys.len() as u32 - 1
+        });
+        sizes[g as usize] += run_end(r) - start;
+        run_group.push(g);
+    }
+    let mut acc = 0;
+    for s in &sizes {
+        acc += s;
+        bounds.push(acc);
+    }
+    let contiguous = run_group.iter().enumerate().all(|(r, &g)| g as usize == r);
+    if !contiguous {
+        let mut cursor: Vec<usize> = bounds[..keys.len()].to_vec();
+        let mut perm = vec![0u32; n];
+        for (r, &(_, start)) in runs.iter().enumerate() {
+            let g = run_group[r] as usize;
+            for i in start..run_end(r) {
+                perm[cursor[g]] = i as u32;
+                cursor[g] += 1;
+            }
+        }
+        rows.permute(&perm);
+    }
+    Groups { keys, bounds }
+}
+
+/// Stably sorts the rows of each group by `order` (only groups not already in order).
+pub(crate) fn sort_groups(rows: &mut Rows, groups: &Groups) {
+    let unsorted: Vec<usize> = (0..groups.keys.len())
+        .into_par_iter()
+        .filter(|&g| rows.order[groups.bounds[g]..groups.bounds[g + 1]].windows(2).any(|w| w[0] > w[1]))
+        .collect();
+    if unsorted.is_empty() {
+        return;
+    }
+    let order = &rows.order;
+    let sorted: Vec<(usize, Vec<u32>)> = unsorted
+        .into_par_iter()
+        .map(|g| {
+            let (a, b) = (groups.bounds[g], groups.bounds[g + 1]);
+            let mut idx: Vec<u32> = (a as u32..b as u32).collect();
+            idx.sort_by_key(|&i| order[i as usize]);
+            (a, idx)
+        })
+        .collect();
+    let mut perm: Vec<u32> = (0..rows.items.len() as u32).collect();
+    for (a, idx) in sorted {
+        perm[a..a + idx.len()].copy_from_slice(&idx);
+    }
+    rows.permute(&perm);
+}
+
+/// A session: rows `start..end` of group `group`; `part` = its index among the group's
+/// gap-cut sessions (None when sessions are not cut at gaps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Session {
+    pub group: u32,
+    pub part: Option<u32>,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// Sessions of each group: the whole group, or cut where the time to the previous play exceeds `gap`.
+pub(crate) fn sessions(rows: &Rows, groups: &Groups, gap: Option<i64>) -> Vec<Session> {
+    let mut out = Vec::with_capacity(groups.keys.len());
+    for g in 0..groups.keys.len() {
+        let (a, b) = (groups.bounds[g], groups.bounds[g + 1]);
+        match gap {
+            None => out.push(Session { group: g as u32, part: None, start: a, end: b }),
+            Some(gap) => {
+                let mut start = a;
+                let mut part = 0;
+                for i in a + 1..=b {
+                    if i == b || rows.order[i] - rows.order[i - 1] > gap {
+                        out.push(Session { group: g as u32, part: Some(part), start, end: i });
+                        part += 1;
+                        start = i;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Marks a play skipped when the next play of its session starts before the track could have
+/// finished (`next time - time < duration`); plays of tracks with unknown duration stay kept.
+pub(crate) fn skips_from_durations(rows: &mut Rows, sessions: &[Session], duration_of_raw: &[f64]) {
+    for s in sessions {
+        for i in s.start..s.end.saturating_sub(1) {
+            let d = duration_of_raw[rows.items[i] as usize];
+            rows.skips[i] = (((rows.order[i + 1] - rows.order[i]) as f64) < d) as u8;
+        }
+        if s.end > s.start {
+            rows.skips[s.end - 1] = 0;
+        }
+    }
+}
+
+/// A kept window of a session: rows `start..end`; `index` is Some when the session was cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Window {
+    pub session: u32,
+    pub index: Option<u32>,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// SplitMix64: the seeded generator of the session sample.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Applies the length rules, `require_skip` and the `max_sessions` sample (see [`Rules`]).
+pub(crate) fn filter(rows: &Rows, sessions: &[Session], rules: &Rules) -> Vec<Window> {
+    let mut out = Vec::new();
+    for (s, sess) in sessions.iter().enumerate() {
+        let len = sess.end - sess.start;
+        let cut = rules.max_length.is_some_and(|m| len > m);
+        let step = if cut { rules.max_length.unwrap_or(len) } else { len.max(1) };
+        let mut start = sess.start;
+        let mut index = 0u32;
+        while start < sess.end {
+            let end = (start + step).min(sess.end);
+            let keep = end - start >= rules.min_length && (!rules.require_skip || rows.skips[start..end].contains(&1));
+            if keep {
+                out.push(Window { session: s as u32, index: cut.then_some(index), start, end });
+            }
+            index += 1;
+            start = end;
+        }
+    }
+    if let Some(cap) = rules.max_sessions {
+        if cap < out.len() {
+            let mut state = rules.seed;
+            let mut idx: Vec<usize> = (0..out.len()).collect();
+            for i in 0..cap {
+                let j = i + (splitmix(&mut state) % (idx.len() - i) as u64) as usize;
+                idx.swap(i, j);
+            }
+            let mut chosen = idx[..cap].to_vec();
+            chosen.sort_unstable();
+            out = chosen.into_iter().map(|i| out[i]).collect();
+        }
+    }
+    out
+}
+
+/// The encoded output rows of the kept windows.
+pub(crate) struct Encoded {
+    pub offsets: Vec<i64>,
+    pub items: Vec<u32>,
+    pub skips: Vec<u8>,
+    pub times: Vec<i64>,
+    /// Raw id of internal id `2 + k` is `vocab_raw[k]`.
+    pub vocab_raw: Vec<u32>,
+    /// Plays of each internal id (ids 0 and 1 count 0).
+    pub counts: Vec<u64>,
+}
+
+/// Encodes items: internal ids from 2 in order of first appearance in the kept windows.
+pub(crate) fn encode(rows: &Rows, windows: &[Window], n_raw: usize, keep_times: bool) -> Encoded {
+    let total: usize = windows.iter().map(|w| w.end - w.start).sum();
+    let mut remap = vec![u32::MAX; n_raw];
+    let mut vocab_raw = Vec::new();
+    let mut counts = vec![0u64, 0u64];
+    let mut items = Vec::with_capacity(total);
+    let mut skips = Vec::with_capacity(total);
+    let mut times = Vec::with_capacity(if keep_times { total } else { 0 });
+    let mut offsets = Vec::with_capacity(windows.len() + 1);
+    offsets.push(0i64);
+    for w in windows {
+        for &raw in &rows.items[w.start..w.end] {
+            let id = &mut remap[raw as usize];
+            if *id == u32::MAX {
+                *id = counts.len() as u32;
+                counts.push(0);
+                vocab_raw.push(raw);
+            }
+            counts[*id as usize] += 1;
+            items.push(*id);
+        }
+        skips.extend_from_slice(&rows.skips[w.start..w.end]);
+        if keep_times {
+            times.extend_from_slice(&rows.order[w.start..w.end]);
+        }
+        offsets.push(items.len() as i64);
+    }
+    Encoded { offsets, items, skips, times, vocab_raw, counts }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(items: Vec<u32>, skips: Vec<u8>, order: Vec<i64>) -> Rows {
+        Rows { items, skips, order }
+    }
+
+    fn rules(min_length: usize, max_length: Option<usize>, require_skip: bool) -> Rules {
+        Rules { min_length, max_length, require_skip, max_sessions: None, seed: 0, session_gap: 1800 }
+    }
+
+    #[test]
+    fn grouping_by_key_gathers_interleaved_rows() {
+        let mut r = rows(vec![0, 1, 2, 3, 4], vec![0; 5], vec![5, 1, 4, 2, 3]);
+        let runs: Vec<(&[u8], usize)> = vec![(b"u", 0), (b"v", 1), (b"u", 2), (b"v", 3), (b"u", 4)];
+        let g = group(&mut r, &runs, false);
+        assert_eq!(g.keys, vec![&b"u"[..], &b"v"[..]]);
+        assert_eq!(g.bounds, vec![0, 3, 5]);
+        assert_eq!(r.items, vec![0, 2, 4, 1, 3]);
+        sort_groups(&mut r, &g);
+        assert_eq!(r.items, vec![4, 2, 0, 1, 3]);
+        assert_eq!(r.order, vec![3, 4, 5, 1, 2]);
+        let consecutive = group(&mut rows(vec![0; 5], vec![0; 5], vec![0; 5]), &runs, true);
+        assert_eq!(consecutive.bounds, vec![0, 1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn gap_cut_and_duration_skips() {
+        let mut r = rows(vec![0, 1, 0, 1], vec![0; 4], vec![0, 100, 2000, 2050]);
+        let g = Groups { keys: vec![b"u"], bounds: vec![0, 4] };
+        let s = sessions(&r, &g, Some(1800));
+        assert_eq!(s.iter().map(|s| (s.part, s.start, s.end)).collect::<Vec<_>>(), vec![(Some(0), 0, 2), (Some(1), 2, 4)]);
+        // track 0 lasts 200 s, track 1 unknown
+        skips_from_durations(&mut r, &s, &[200.0, f64::NAN]);
+        assert_eq!(r.skips, vec![1, 0, 1, 0]);
+    }
+
+    #[test]
+    fn windows_min_length_and_require_skip() {
+        let n = 13;
+        let r = rows((0..n).collect(), (0..n).map(|i| (i == 11) as u8).collect(), vec![0; n as usize]);
+        let s = vec![Session { group: 0, part: None, start: 0, end: n as usize }];
+        let w = filter(&r, &s, &rules(2, Some(5), false));
+        assert_eq!(w.iter().map(|w| (w.index, w.start, w.end)).collect::<Vec<_>>(), vec![(Some(0), 0, 5), (Some(1), 5, 10), (Some(2), 10, 13)]);
+        let w = filter(&r, &s, &rules(4, Some(5), false));
+        assert_eq!(w.len(), 2, "remainder of 3 plays dropped");
+        let w = filter(&r, &s, &rules(2, Some(5), true));
+        assert_eq!(w.iter().map(|w| w.start).collect::<Vec<_>>(), vec![10]);
+        let w = filter(&r, &s, &rules(14, None, false));
+        assert!(w.is_empty());
+        let w = filter(&r, &s, &rules(13, None, false));
+        assert_eq!(w, vec![Window { session: 0, index: None, start: 0, end: 13 }]);
+    }
+
+    #[test]
+    fn sample_is_seeded_and_ordered() {
+        let r = rows(vec![0; 100], vec![0; 100], vec![0; 100]);
+        let s: Vec<Session> = (0..100).map(|i| Session { group: i, part: None, start: i as usize, end: i as usize + 1 }).collect();
+        let mut rl = rules(1, None, false);
+        rl.max_sessions = Some(10);
+        let a = filter(&r, &s, &rl);
+        assert_eq!(a.len(), 10);
+        assert!(a.windows(2).all(|w| w[0].session < w[1].session));
+        assert_eq!(a, filter(&r, &s, &rl));
+        rl.seed = 1;
+        assert_ne!(a, filter(&r, &s, &rl));
+    }
+
+    #[test]
+    fn vocabulary_follows_kept_windows() {
+        let r = rows(vec![7, 3, 7, 5, 3], vec![0, 1, 0, 0, 1], vec![10, 11, 12, 13, 14]);
+        let w = vec![Window { session: 0, index: None, start: 1, end: 3 }, Window { session: 1, index: None, start: 3, end: 5 }];
+        let e = encode(&r, &w, 8, true);
+        assert_eq!(e.items, vec![2, 3, 4, 2]);
+        assert_eq!(e.vocab_raw, vec![3, 7, 5]);
+        assert_eq!(e.counts, vec![0, 0, 2, 1, 1]);
+        assert_eq!(e.offsets, vec![0, 2, 4]);
+        assert_eq!(e.times, vec![11, 12, 13, 14]);
+        assert_eq!(e.skips, vec![1, 0, 0, 1]);
+    }
+}

@@ -1,0 +1,538 @@
+//! Reading inputs: memory-mapped plain files or block-streamed gzip, cut at newlines into chunks
+//! parsed in parallel. Each chunk owns what it keeps (unique keys are copied), so memory follows
+//! the output, not the file size.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ahash::AHashMap;
+use rayon::prelude::*;
+
+use super::fields::{self, FieldError, Fields, Span};
+use super::formats::{Format, Parser};
+use crate::error::{Error, Location, Result};
+
+/// Strings stored back to back.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Arena {
+    pub data: Vec<u8>,
+    pub ends: Vec<usize>,
+}
+
+impl Arena {
+    pub fn push(&mut self, s: &[u8]) {
+        self.data.extend_from_slice(s);
+        self.ends.push(self.data.len());
+    }
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+    pub fn get(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.data[start..self.ends[i]]
+    }
+    pub fn last(&self) -> Option<&[u8]> {
+        self.ends.len().checked_sub(1).map(|i| self.get(i))
+    }
+}
+
+/// The rows of one chunk: runs of consecutive rows with the same group key, local item ids.
+#[derive(Debug, Default)]
+pub(crate) struct Chunk {
+    /// Index of the file in the input list.
+    pub file: usize,
+    /// 0-based line number (within the file) of the chunk's first line.
+    pub line0: u64,
+    pub lines: u64,
+    pub run_keys: Arena,
+    pub run_starts: Vec<u32>,
+    pub items: Vec<u32>,
+    pub item_keys: Arena,
+    pub skips: Vec<u8>,
+    pub order: Vec<i64>,
+    pub rows: u64,
+    pub bad_rows: u64,
+    /// First bad row: its line index within the chunk and the problem.
+    pub error: Option<(u64, FieldError)>,
+}
+
+impl Chunk {
+    pub fn error_at(&self, files: &[PathBuf]) -> Option<Error> {
+        self.error.as_ref().map(|(line, e)| Error::Parse {
+            at: Location { file: files[self.file].clone(), line: self.line0 + line + 1, column: e.column },
+            message: e.message.clone(),
+        })
+    }
+}
+
+/// Parses the lines of one chunk.
+struct ChunkParser<'a, 'p> {
+    data: &'a [u8],
+    parser: &'p Parser,
+    skip_bad: bool,
+    chunk: Chunk,
+    borrowed: AHashMap<&'a [u8], u32>,
+    owned: AHashMap<Vec<u8>, u32>,
+}
+
+impl<'a> ChunkParser<'a, '_> {
+    fn lookup(&self, key: &[u8]) -> Option<u32> {
+        match self.borrowed.get(key) {
+            Some(&id) => Some(id),
+            None if self.owned.is_empty() => None,
+            None => self.owned.get(key).copied(),
+        }
+    }
+
+    /// Handles one line; returns false to stop (first error when not skipping bad rows).
+    fn line(&mut self, line_index: u64, spans: &[Span], count: usize) -> bool {
+        match self.try_line(&Fields { data: self.data, spans, count }) {
+            Ok(()) => true,
+            Err(e) => {
+                self.chunk.bad_rows += 1;
+                if self.chunk.error.is_none() {
+                    self.chunk.error = Some((line_index, e));
+                }
+                self.skip_bad
+            }
+        }
+    }
+
+    fn try_line(&mut self, fields: &Fields<'a, '_>) -> std::result::Result<(), FieldError> {
+        self.chunk.rows += 1;
+        let row = self.parser.row(fields)?;
+        let new_run = self.chunk.run_keys.last() != Some(&row.group[..]);
+        if new_run && std::str::from_utf8(&row.group).is_err() {
+            return Err(FieldError::new(row.group_col, "invalid UTF-8 in a key field"));
+        }
+        let id = match self.lookup(&row.item) {
+            Some(id) => id,
+            None => {
+                if std::str::from_utf8(&row.item).is_err() {
+                    return Err(FieldError::new(row.item_col, "invalid UTF-8 in a key field"));
+                }
+                let id = self.chunk.item_keys.len() as u32;
+                self.chunk.item_keys.push(&row.item);
+                match row.item {
+                    std::borrow::Cow::Borrowed(k) => self.borrowed.insert(k, id),
+                    std::borrow::Cow::Owned(k) => self.owned.insert(k, id),
+                };
+                id
+            }
+        };
+        if new_run {
+            self.chunk.run_keys.push(&row.group);
+            self.chunk.run_starts.push(self.chunk.items.len() as u32);
+        }
+        self.chunk.items.push(id);
+        self.chunk.skips.push(row.skip as u8);
+        self.chunk.order.push(row.order);
+        Ok(())
+    }
+}
+
+/// Position of the first `a` or `b` at or after `from` (or `data.len()`); fields are short, so a
+/// plain loop beats a vectorised search here.
+#[inline]
+fn find2(data: &[u8], from: usize, a: u8, b: u8) -> usize {
+    data[from..].iter().position(|&c| c == a || c == b).map_or(data.len(), |k| from + k)
+}
+
+/// Occurrences of `byte` (vectorised by the compiler).
+fn count_byte(data: &[u8], byte: u8) -> usize {
+    data.iter().map(|&c| (c == byte) as usize).sum()
+}
+
+fn trim_cr(data: &[u8], end: usize, start: usize) -> usize {
+    if end > start && data[end - 1] == b'\r' {
+        end - 1
+    } else {
+        end
+    }
+}
+
+/// Parses the complete lines in `data` (a chunk ends at a newline or the end of the input).
+pub(crate) fn parse_chunk(data: &[u8], parser: &Parser, skip_bad: bool, progress: Option<&AtomicU64>) -> Chunk {
+    let delimiter = parser.delimiter();
+    let mut p = ChunkParser {
+        data,
+        parser,
+        skip_bad,
+        chunk: Chunk::default(),
+        borrowed: AHashMap::new(),
+        owned: AHashMap::new(),
+    };
+    let mut spans: Vec<Span> = Vec::with_capacity(32);
+    let mut line_index = 0u64;
+    let mut reported = 0usize;
+    let report = |upto: usize, reported: &mut usize| {
+        if let Some(counter) = progress {
+            if upto - *reported >= 1 << 22 || upto == data.len() {
+                counter.fetch_add((upto - *reported) as u64, Ordering::Relaxed);
+                *reported = upto;
+            }
+        }
+    };
+    if memchr::memchr(b'"', data).is_none() {
+        // Fast path (no quotes): locate the fields the parser reads, count the others.
+        let needed = parser.needed_fields().max(1);
+        let mut start = 0usize;
+        while start < data.len() {
+            spans.clear();
+            let mut pos = start;
+            let mut line_end = None;
+            while spans.len() < needed {
+                let at = find2(data, pos, delimiter, b'\n');
+                spans.push(Span { start: pos, end: at, escaped: false });
+                pos = at + 1;
+                if at == data.len() || data[at] == b'\n' {
+                    line_end = Some(at);
+                    break;
+                }
+            }
+            let (end, count) = match line_end {
+                Some(end) => {
+                    let trimmed = trim_cr(data, end, start);
+                    if let Some(last) = spans.last_mut() {
+                        last.end = last.end.min(trimmed).max(last.start);
+                    }
+                    (end, spans.len())
+                }
+                None => {
+                    let end = memchr::memchr(b'\n', &data[pos..]).map_or(data.len(), |k| pos + k);
+                    (end, spans.len() + 1 + count_byte(&data[pos..end], delimiter))
+                }
+            };
+            let blank = count == 1 && spans[0].start == spans[0].end;
+            let ok = blank || p.line(line_index, &spans, count);
+            line_index += 1;
+            start = end + 1;
+            report(start.min(data.len()), &mut reported);
+            if !ok {
+                break;
+            }
+        }
+    } else {
+        let mut start = 0usize;
+        while start < data.len() {
+            let nl = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |k| start + k);
+            let end = trim_cr(data, nl, start);
+            let ok = if end == start {
+                true
+            } else {
+                match fields::split_quoted(data, start, end, delimiter, &mut spans) {
+                    Ok(()) => p.line(line_index, &spans, spans.len()),
+                    Err(e) => {
+                        p.chunk.rows += 1;
+                        p.chunk.bad_rows += 1;
+                        if p.chunk.error.is_none() {
+                            p.chunk.error = Some((line_index, e));
+                        }
+                        skip_bad
+                    }
+                }
+            };
+            line_index += 1;
+            start = nl + 1;
+            report(start.min(data.len()), &mut reported);
+            if !ok {
+                break;
+            }
+        }
+    }
+    report(data.len(), &mut reported);
+    let mut chunk = p.chunk;
+    chunk.lines = line_index;
+    chunk
+}
+
+/// Cuts `data` into about `pieces` parts, each ending just after a newline (or at the end).
+fn split_at_newlines(data: &[u8], pieces: usize) -> Vec<&[u8]> {
+    let target = (data.len() / pieces.max(1)).max(1 << 20);
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < data.len() {
+        let guess = start + target;
+        let end = if guess >= data.len() {
+            data.len()
+        } else {
+            memchr::memchr(b'\n', &data[guess..]).map_or(data.len(), |k| guess + k + 1)
+        };
+        out.push(&data[start..end]);
+        start = end;
+    }
+    out
+}
+
+fn pieces_for(len: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    (threads * 4).min(len / (4 << 20) + 1).max(threads)
+}
+
+fn io_error(file: &Path, source: std::io::Error) -> Error {
+    Error::Io { file: file.to_path_buf(), source }
+}
+
+fn empty_error(file: &Path) -> Error {
+    Error::Input { file: file.to_path_buf(), message: "empty file: expected at least one line".into() }
+}
+
+/// The first line of `data` (without newline or `\r`) and the offset just after it.
+fn first_line(data: &[u8]) -> (&[u8], usize) {
+    let nl = memchr::memchr(b'\n', data).unwrap_or(data.len());
+    let end = trim_cr(data, nl, 0);
+    (&data[..end], (nl + 1).min(data.len()))
+}
+
+/// What reading the files produced.
+pub(crate) struct Parsed {
+    pub chunks: Vec<Chunk>,
+    pub parser: Parser,
+    pub bytes: u64,
+}
+
+/// Reads and parses all `files` (in order). Stops at the first bad row unless `skip_bad`.
+pub(crate) fn read_all(files: &[PathBuf], format: &Format, skip_bad: bool, progress: &AtomicU64) -> Result<Parsed> {
+    let mut chunks = Vec::new();
+    let mut first_parser = None;
+    let mut bytes = 0;
+    for (index, file) in files.iter().enumerate() {
+        let meta = std::fs::metadata(file).map_err(|e| io_error(file, e))?;
+        bytes += meta.len();
+        let is_gz = file.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz"));
+        let (parser, mut file_chunks) = if is_gz {
+            read_gz(file, format, skip_bad, progress)?
+        } else {
+            read_plain(file, format, skip_bad, progress)?
+        };
+        for c in &mut file_chunks {
+            c.file = index;
+        }
+        let failed = !skip_bad && file_chunks.iter().any(|c| c.error.is_some());
+        chunks.extend(file_chunks);
+        if let Some(first) = &first_parser {
+            let (a, b) = (parser.layout(), Parser::layout(first));
+            if a != b {
+                return Err(Error::Input {
+                    file: file.clone(),
+                    message: "this shard's columns give a different layout (session/user, time) than the first file's".into(),
+                });
+            }
+        } else {
+            first_parser = Some(parser);
+        }
+        if failed {
+            break;
+        }
+    }
+    let parser = first_parser.ok_or_else(|| Error::Config("no input files".into()))?;
+    Ok(Parsed { chunks, parser, bytes })
+}
+
+/// Sets each chunk's first line number from the line counts before it.
+fn number_lines(chunks: &mut [Chunk], first: u64) -> u64 {
+    let mut line = first;
+    for c in chunks {
+        c.line0 = line;
+        line += c.lines;
+    }
+    line
+}
+
+fn read_plain(file: &Path, format: &Format, skip_bad: bool, progress: &AtomicU64) -> Result<(Parser, Vec<Chunk>)> {
+    let handle = File::open(file).map_err(|e| io_error(file, e))?;
+    let len = handle.metadata().map_err(|e| io_error(file, e))?.len();
+    if len == 0 {
+        return Err(empty_error(file));
+    }
+    // SAFETY: the map is read-only; inputs are not expected to change while being read
+    // (as with any reader, a concurrent truncation would be an outside error).
+    let map = unsafe { memmap2::Mmap::map(&handle) }.map_err(|e| io_error(file, e))?;
+    let data: &[u8] = &map;
+    if data.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(empty_error(file));
+    }
+    let (line, after) = first_line(data);
+    let (parser, header) = format.parser(file, line)?;
+    let body = if header { &data[after..] } else { data };
+    if header {
+        progress.fetch_add(after as u64, Ordering::Relaxed);
+    }
+    let pieces = split_at_newlines(body, pieces_for(body.len()));
+    let mut chunks: Vec<Chunk> = pieces.par_iter().map(|p| parse_chunk(p, &parser, skip_bad, Some(progress))).collect();
+    number_lines(&mut chunks, header as u64);
+    Ok((parser, chunks))
+}
+
+/// Counts the compressed bytes read (progress of a gzip input).
+struct Counting<'c, R> {
+    inner: R,
+    progress: &'c AtomicU64,
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+const GZ_BLOCK: usize = 32 << 20;
+
+/// Fills `buf` up to `GZ_BLOCK` bytes; returns true at the end of the stream.
+fn fill(reader: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    let want = GZ_BLOCK.max(buf.len() + (1 << 20));
+    let mut filled = buf.len();
+    buf.resize(want, 0);
+    while filled < want {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => {
+                buf.truncate(filled);
+                return Ok(true);
+            }
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                buf.truncate(filled);
+                return Err(e);
+            }
+        }
+    }
+    Ok(false)
+}
+
+fn read_gz(file: &Path, format: &Format, skip_bad: bool, progress: &AtomicU64) -> Result<(Parser, Vec<Chunk>)> {
+    let handle = File::open(file).map_err(|e| io_error(file, e))?;
+    let mut reader = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, Counting { inner: handle, progress }));
+    let delimiter = format.delimiter(&file.with_extension(""));
+    let mut buf = Vec::new();
+    let mut chunks: Vec<Chunk> = Vec::new();
+    let mut parser: Option<Parser> = None;
+    let mut line = 0u64;
+    let mut seen_data = false;
+    loop {
+        let eof = match fill(&mut reader, &mut buf) {
+            Ok(eof) => eof,
+            Err(e) => {
+                let newlines = memchr::memchr_iter(b'\n', &buf).count() as u64;
+                let tail_start = memchr::memrchr(b'\n', &buf).map_or(0, |k| k + 1);
+                let column = 1 + memchr::memchr_iter(delimiter, &buf[tail_start..]).count() as u64;
+                return Err(Error::Parse {
+                    at: Location { file: file.to_path_buf(), line: line + newlines + 1, column },
+                    message: format!("truncated or corrupt gzip data ({e}); expected the rest of this line"),
+                });
+            }
+        };
+        seen_data |= buf.iter().any(|b| !b.is_ascii_whitespace());
+        let cut = if eof { buf.len() } else { memchr::memrchr(b'\n', &buf).map_or(0, |k| k + 1) };
+        let mut start = 0;
+        if parser.is_none() && (cut > 0 || eof) {
+            if !seen_data {
+                return Err(empty_error(file));
+            }
+            let (first, after) = first_line(&buf[..cut]);
+            let (p, header) = format.parser(file, first)?;
+            if header {
+                start = after;
+                line = 1;
+            }
+            parser = Some(p);
+        }
+        if let Some(p) = &parser {
+            let body = &buf[start..cut];
+            let pieces = split_at_newlines(body, rayon::current_num_threads().max(1) * 2);
+            let mut block: Vec<Chunk> = pieces.par_iter().map(|piece| parse_chunk(piece, p, skip_bad, None)).collect();
+            line = number_lines(&mut block, line);
+            let failed = !skip_bad && block.iter().any(|c| c.error.is_some());
+            chunks.extend(block);
+            if failed {
+                break;
+            }
+            buf.drain(..cut);
+        }
+        if eof {
+            break;
+        }
+    }
+    let parser = parser.ok_or_else(|| empty_error(file))?;
+    Ok((parser, chunks))
+}
+
+/// The input files: each path is a file, or a folder whose files (not starting with `.` or `_`)
+/// are shards read in name order.
+pub(crate) fn list_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for path in paths {
+        let meta = std::fs::metadata(path).map_err(|e| io_error(path, e))?;
+        if meta.is_dir() {
+            let mut shards = Vec::new();
+            for entry in std::fs::read_dir(path).map_err(|e| io_error(path, e))? {
+                let entry = entry.map_err(|e| io_error(path, e))?;
+                let name = entry.file_name().to_string_lossy().to_string();
+                if !name.starts_with('.') && !name.starts_with('_') && entry.path().is_file() {
+                    shards.push(entry.path());
+                }
+            }
+            if shards.is_empty() {
+                return Err(Error::Input { file: path.clone(), message: "folder has no data files".into() });
+            }
+            shards.sort();
+            out.extend(shards);
+        } else {
+            out.push(path.clone());
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Config("no input paths given".into()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::formats::SkipRule;
+
+    const HEADER: &str = "session_id,session_position,session_length,track_id_clean,skip_1,skip_2,skip_3,not_skipped";
+
+    fn mssd_parser() -> Parser {
+        Format::Mssd(SkipRule::Skip2).parser(Path::new("x.csv"), HEADER.as_bytes()).unwrap().0
+    }
+
+    #[test]
+    fn chunk_runs_and_local_ids() {
+        let data = b"a,1,2,t1,False,False,False,True\r\na,2,2,t2,True,True,True,False\n\nb,1,1,t1,False,True,True,False";
+        let c = parse_chunk(data, &mssd_parser(), false, None);
+        assert!(c.error.is_none());
+        assert_eq!(c.lines, 4);
+        assert_eq!(c.items, vec![0, 1, 0]);
+        assert_eq!(c.skips, vec![0, 1, 1]);
+        assert_eq!(c.order, vec![1, 2, 1]);
+        assert_eq!(c.run_starts, vec![0, 2]);
+        assert_eq!((c.run_keys.get(0), c.run_keys.get(1)), (&b"a"[..], &b"b"[..]));
+    }
+
+    #[test]
+    fn bad_rows_stop_or_are_counted() {
+        let data = b"a,1,2,t1,False,maybe,False,True\na,2,2,t2,True,True,True\na,3,3,t3,True,True,True,False\n";
+        let c = parse_chunk(data, &mssd_parser(), false, None);
+        let (line, e) = c.error.clone().unwrap();
+        assert_eq!((line, e.column), (0, 6));
+        assert_eq!(e.message, "expected a boolean (True/False/true/false), found 'maybe'");
+        assert!(c.items.is_empty());
+        let c = parse_chunk(data, &mssd_parser(), true, None);
+        assert_eq!((c.bad_rows, c.items.len(), c.rows), (2, 1, 3));
+    }
+
+    #[test]
+    fn split_keeps_lines_whole() {
+        let data: Vec<u8> = (0..300_000).flat_map(|i| format!("{i}\n").into_bytes()).collect();
+        let pieces = split_at_newlines(&data, 3);
+        assert!(pieces.len() > 1);
+        assert_eq!(pieces.iter().map(|p| p.len()).sum::<usize>(), data.len());
+        assert!(pieces.iter().all(|p| p.ends_with(b"\n")));
+    }
+}

@@ -1,0 +1,105 @@
+//! Evaluation splits (docs/design.md, "Splits"): per session `train_end`, `valid_target`, `test_target`.
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SplitRule {
+    /// Test target = last kept play (index >= 1); validation target = the last kept play before it.
+    LeaveLastOut,
+    /// Sessions ordered by first timestamp (file order without times); the last `test_fraction`
+    /// get a test target, the `valid_fraction` before them a validation target.
+    Temporal { valid_fraction: f64, test_fraction: f64 },
+}
+
+impl SplitRule {
+    pub fn validate(&self) -> Result<()> {
+        if let SplitRule::Temporal { valid_fraction: v, test_fraction: t } = *self {
+            if !(0.0..=1.0).contains(&v) || !(0.0..=1.0).contains(&t) || v + t > 1.0 {
+                return Err(Error::Config(format!(
+                    "valid_fraction and test_fraction must be in [0, 1] with a sum <= 1, got {v} and {t}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub struct Targets {
+    pub train_end: Vec<i32>,
+    pub valid_target: Vec<i32>,
+    pub test_target: Vec<i32>,
+}
+
+/// Last kept (non-skipped) position in `[1, before)`, or -1.
+fn last_kept(skips: &[u8], before: usize) -> i32 {
+    (1..before.min(skips.len())).rev().find(|&i| skips[i] == 0).map_or(-1, |i| i as i32)
+}
+
+pub fn compute(rule: SplitRule, offsets: &[i64], skips: &[u8], times: Option<&[i64]>) -> Targets {
+    let n = offsets.len().saturating_sub(1);
+    let session = |s: usize| &skips[offsets[s] as usize..offsets[s + 1] as usize];
+    let mut out = Targets { train_end: vec![0; n], valid_target: vec![-1; n], test_target: vec![-1; n] };
+    match rule {
+        SplitRule::LeaveLastOut => {
+            for s in 0..n {
+                let sk = session(s);
+                let t = last_kept(sk, sk.len());
+                let v = if t > 0 { last_kept(sk, t as usize) } else { -1 };
+                out.test_target[s] = t;
+                out.valid_target[s] = v;
+                out.train_end[s] = if v >= 0 { v } else if t >= 0 { t } else { sk.len() as i32 };
+            }
+        }
+        SplitRule::Temporal { valid_fraction, test_fraction } => {
+            let mut by_time: Vec<usize> = (0..n).collect();
+            if let Some(times) = times {
+                by_time.sort_by_key(|&s| times[offsets[s] as usize]);
+            }
+            let n_test = ((n as f64) * test_fraction).round() as usize;
+            let n_valid = (((n as f64) * valid_fraction).round() as usize).min(n - n_test);
+            for (rank, &s) in by_time.iter().enumerate() {
+                let sk = session(s);
+                if rank >= n - n_test {
+                    out.test_target[s] = last_kept(sk, sk.len());
+                } else if rank >= n - n_test - n_valid {
+                    out.valid_target[s] = last_kept(sk, sk.len());
+                } else {
+                    out.train_end[s] = sk.len() as i32;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leave_last_out_targets_kept_plays() {
+        // session 0: kept plays at 0,1,3 (2,4 skipped) -> t=3, v=1, train_end=1
+        // session 1: only play 0 kept -> no targets, train on all
+        // session 2: kept at 0 and 2 -> t=2, no v, train_end=2
+        let offsets = [0, 5, 8, 11];
+        let skips = [0, 0, 1, 0, 1, 0, 1, 1, 0, 1, 0];
+        let t = compute(SplitRule::LeaveLastOut, &offsets, &skips, None);
+        assert_eq!(t.test_target, vec![3, -1, 2]);
+        assert_eq!(t.valid_target, vec![1, -1, -1]);
+        assert_eq!(t.train_end, vec![1, 3, 2]);
+    }
+
+    #[test]
+    fn temporal_orders_by_first_time() {
+        let offsets = [0, 3, 6, 9, 12];
+        let skips = [0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let times = [30, 31, 32, 10, 11, 12, 40, 41, 42, 20, 21, 22];
+        let rule = SplitRule::Temporal { valid_fraction: 0.25, test_fraction: 0.25 };
+        let t = compute(rule, &offsets, &skips, Some(&times));
+        // order by first time: s1 (10), s3 (20), s0 (30), s2 (40)
+        assert_eq!(t.test_target, vec![-1, -1, 2, -1]);
+        assert_eq!(t.valid_target, vec![1, -1, -1, -1]);
+        assert_eq!(t.train_end, vec![0, 3, 0, 3]);
+        assert!(SplitRule::Temporal { valid_fraction: 0.6, test_fraction: 0.6 }.validate().is_err());
+    }
+}

@@ -1,0 +1,89 @@
+"""Generic event tables and RecBole .inter files: column mapping and negative signals."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from negrec_fast.data import prepare
+
+KEEP_ALL = dict(min_length=1, max_length=None, progress=False)
+
+
+def as_lists(ds):
+    o = ds.offsets
+    return [(ds.session_keys[s].as_py(), ds.decode(ds.items[o[s] : o[s + 1]]), ds.skips[o[s] : o[s + 1]].tolist()) for s in range(ds.n_sessions)]
+
+
+PLAYS = "sid,pos,video,watch,length,ratio,liked,stars\ns1,2,v2,3,10,0.3,false,2\ns1,1,v1,9,10,0.9,true,5\ns2,1,v1,1,10,0.1,0,4.5\n"
+
+
+@pytest.mark.parametrize(
+    ("signal", "skips"),
+    [
+        (dict(ratio_column="ratio", threshold=0.5), [0, 1, 1]),
+        (dict(play_time_column="watch", duration_column="length", threshold=0.5), [0, 1, 1]),
+        (dict(skip_column="liked"), [1, 0, 0]),
+        (dict(rating_column="stars", threshold=3), [0, 1, 0]),
+        ({}, [0, 0, 0]),
+    ],
+)
+def test_event_signals_and_positions(tmp_path, signal, skips):
+    path = tmp_path / "plays.csv"
+    path.write_text(PLAYS)
+    ds = prepare(path, tmp_path / "out", format="events", session="sid", item="video", position="pos", **signal, **KEEP_ALL)
+    assert [(k, items) for k, items, _ in as_lists(ds)] == [("s1", ["v1", "v2"]), ("s2", ["v1"])]
+    assert ds.skips.tolist() == skips
+    assert ds.timestamps is None
+    assert ds.manifest["rules"]["columns"]["item"] == "video"
+
+
+def test_users_with_timestamps_are_cut_at_gaps_and_interleaving_is_grouped(tmp_path):
+    path = tmp_path / "log.tsv"
+    path.write_text("user_id\titem_id\tts\n" + "".join(f"u{i % 2}\ti{i}\t{1000 * i}\n" for i in range(6)) + "u0\tlate\t99999\n")
+    ds = prepare(path, tmp_path / "out", format="events", timestamp="ts", session_gap=2000, **KEEP_ALL)
+    assert [(k, items) for k, items, _ in as_lists(ds)] == [
+        ("u0#0", ["i0", "i2", "i4"]),
+        ("u0#1", ["late"]),
+        ("u1#0", ["i1", "i3", "i5"]),
+    ]
+    assert ds.timestamps.tolist() == [0, 2000, 4000, 99999, 1000, 3000, 5000]
+
+
+def test_millisecond_timestamps_and_quoted_fields(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text('session_id,item_id,timestamp\n"a,1","x ""y""",5000\n"a,1",z,1000\n')
+    ds = prepare(path, tmp_path / "out", format="events", timestamp_unit="ms", **KEEP_ALL)
+    assert as_lists(ds) == [("a,1", ["z", 'x "y"'], [0, 0])]
+    assert ds.timestamps.tolist() == [1, 5]
+
+
+def test_recbole_inter(tmp_path):
+    path = tmp_path / "ml.inter"
+    path.write_text(
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+        "1\t10\t4.0\t881250949\n1\t20\t1.0\t881250950\n2\t10\t2.0\t891717742\n1\t30\t5.0\t881250960\n"
+    )
+    ds = prepare(path, tmp_path / "out", format="recbole", rating_column="rating", threshold=3.0, **KEEP_ALL)
+    assert as_lists(ds) == [("1#0", ["10", "20", "30"], [0, 1, 0]), ("2#0", ["10"], [1])]
+    assert ds.timestamps.tolist() == [881250949, 881250950, 881250960, 891717742]
+
+
+def test_parquet_events(tmp_path):
+    table = pa.table({"session": ["s1", "s1", "s2"], "item": ["a", "b", "a"], "skipped": [True, False, True], "pos": [1, 2, 1]})
+    pq.write_table(table, tmp_path / "log.parquet")
+    ds = prepare(tmp_path / "log.parquet", tmp_path / "out", format="events", session="session", item="item", position="pos", skip_column="skipped", **KEEP_ALL)
+    assert as_lists(ds) == [("s1", ["a", "b"], [1, 0]), ("s2", ["a"], [1])]
+
+
+def test_mapping_mistakes_are_reported(tmp_path):
+    path = tmp_path / "plays.csv"
+    path.write_text(PLAYS)
+    with pytest.raises(ValueError, match="needs a threshold"):
+        prepare(path, tmp_path / "a", format="events", session="sid", item="video", ratio_column="ratio", **KEEP_ALL)
+    with pytest.raises(ValueError, match="one negative signal"):
+        prepare(path, tmp_path / "b", format="events", session="sid", item="video", skip_column="liked", rating_column="stars", threshold=1, **KEEP_ALL)
+    with pytest.raises(ValueError, match="apply to the events and recbole formats"):
+        prepare(path, tmp_path / "c", format="mssd", item="video", **KEEP_ALL)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plays.csv"]
