@@ -158,9 +158,9 @@ class Trainer:
 
         self.cfg = cfg
         self.device = resolve_device(cfg.train.device)
-        self.run_dir = run_dir or self._new_run_dir()
         self.dataset_dir = dataset_path(cfg, progress=cfg.train.progress)
         self.dataset = load_dataset(self.dataset_dir)
+        self.run_dir = run_dir or self._new_run_dir()
         _seed_everything(cfg.train.seed)
         self.model = build_model_for(cfg, self.dataset.vocab_size).to(self.device)
         self.optimizer = torch.optim.Adam(

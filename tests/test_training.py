@@ -1,0 +1,170 @@
+"""End-to-end training on a small synthetic dataset: run folder, checkpoints, exact resume,
+evaluation, recommendation and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from negrec_fast.checkpoint import load_checkpoint
+from negrec_fast.cli import main
+from negrec_fast.config import load_config
+from negrec_fast.data import load_dataset, prepare
+from negrec_fast.errors import ConfigError
+from negrec_fast.evaluation import evaluate
+from negrec_fast.recommend import Recommender
+from negrec_fast.synthetic import generate_mssd
+from negrec_fast.training import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    raw = generate_mssd(root / "log.csv", n_sessions=500, n_items=400, seed=3)
+    prepare(raw, root / "prepared", format="mssd", progress=False)
+    return root / "prepared"
+
+
+def tiny(dataset_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [
+        f"data.path={dataset_dir}",
+        "model.d_model=16",
+        "model.n_heads=2",
+        "model.n_layers=1",
+        "model.d_ff=16",
+        "loss.n_negatives=40",
+        "train.batch_size=32",
+        "train.epochs=2",
+        "train.progress=false",
+        "train.patience=0",
+        "eval.ks=[1, 10]",
+        f"run.dir={run_dir.parent}",
+        f"run.name={run_dir.name}",
+        *extra,
+    ]
+
+
+def comparable(history: list[dict]) -> list[dict]:
+    """Epoch records without wall-clock fields."""
+    return [{k: v for k, v in h.items() if k not in ("seconds", "sequences_per_s")} for h in history]
+
+
+def test_run_folder_contents(dataset_dir, tmp_path):
+    run = tmp_path / "run"
+    result = train(overrides=tiny(dataset_dir, run))
+    assert result.completed and result.run_dir == run
+    names = {p.name for p in run.iterdir()}
+    assert {"config.toml", "environment.json", "dataset.json", "metrics.jsonl", "best.pt", "last.pt",
+            "test_metrics.json"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    assert load_config(run / "config.toml").data.path == str(dataset_dir)
+    env = json.loads((run / "environment.json").read_text())
+    assert env["versions"]["torch"] == torch.__version__ and env["device"] == "cpu"
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert all(r["valid"]["n_kept"] > 0 and 0 <= r["valid"]["HR@10"] <= 1 for r in lines)
+    assert lines[1]["train_loss"] < lines[0]["train_loss"]
+    # checkpoints are plain tensors and containers: loadable with weights_only=True
+    last = torch.load(run / "last.pt", weights_only=True)
+    assert last["progress"]["epoch"] == 2 and "optimizer" in last and "rng" in last
+    best = load_checkpoint(run / "best.pt")
+    assert best["epoch"] == result.best_epoch
+    test = json.loads((run / "test_metrics.json").read_text())
+    assert test["test"] == result.test and result.test["n_kept"] > 0
+
+
+def test_resume_after_max_steps_matches_uninterrupted_run(dataset_dir, tmp_path):
+    full = train(overrides=tiny(dataset_dir, tmp_path / "full"))
+    part = train(overrides=tiny(dataset_dir, tmp_path / "part", "train.max_steps=5"))
+    assert not part.completed and part.test is None
+    assert load_checkpoint(part.run_dir / "last.pt")["progress"]["batch"] == 5
+    # a resumed run uses its own config: max_steps=5 again, so it stops after 5 more steps
+    resumed = train(resume=part.run_dir)
+    while not resumed.completed:
+        resumed = train(resume=part.run_dir)
+    assert comparable(resumed.history) == comparable(full.history)
+    assert resumed.test == full.test
+
+
+def test_killed_run_resumes_to_the_same_metrics(dataset_dir, tmp_path):
+    reference = train(overrides=tiny(dataset_dir, tmp_path / "ref", "train.epochs=3"))
+    run = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=str(REPO / "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "negrec_fast", "train", *tiny(dataset_dir, run, "train.epochs=3",
+                                                               "train.checkpoint_every=1")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (run / "last.pt").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "no checkpoint written in time"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    progress = load_checkpoint(run / "last.pt")["progress"]
+    assert progress["epoch"] < 3, "the run finished before it could be killed"
+    resumed = train(resume=run)
+    assert resumed.completed
+    assert comparable(resumed.history) == comparable(reference.history)
+    assert resumed.test == reference.test
+
+
+def test_bad_config_fails_before_any_work(dataset_dir, tmp_path):
+    with pytest.raises(ConfigError, match="train.lr must be > 0"):
+        train(overrides=tiny(dataset_dir, tmp_path / "bad", "train.lr=0"))
+    with pytest.raises(ConfigError, match="is not a processed dataset folder"):
+        train(overrides=tiny(tmp_path / "nowhere", tmp_path / "bad2"))
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad2").exists()
+
+
+@pytest.mark.parametrize("model", ["bert4rec", "gru4rec"])
+def test_other_models_train(dataset_dir, tmp_path, model):
+    result = train(overrides=tiny(dataset_dir, tmp_path / model, f"model.name={model}", "train.epochs=1",
+                                  "loss.nce_context=encoder"))
+    assert result.completed and result.test["n_kept"] > 0
+    assert math.isfinite(result.history[0]["train_loss"])
+
+
+@pytest.mark.parametrize("rec", ["full_softmax", "bce", "gbce"])
+def test_other_recommendation_losses_train(dataset_dir, tmp_path, rec):
+    result = train(overrides=tiny(dataset_dir, tmp_path / rec, f"loss.rec={rec}", "train.epochs=1"))
+    assert result.completed and result.history[0]["rec_loss"] > 0
+
+
+def test_evaluate_and_recommend(dataset_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    result = train(overrides=tiny(dataset_dir, run))
+    assert evaluate(run, "test") == result.test
+    assert json.loads((run / "eval_test.json").read_text())["metrics"] == result.test
+
+    ds = load_dataset(dataset_dir)
+    session = ds.decode(ds.items[ds.offsets[0]: ds.offsets[0] + 5])
+    rec = Recommender.load(run)
+    out = rec.recommend(session + ["no-such-track"], skipped=[session[1]], k=7)
+    assert len(out.items) == 7 and out.unknown == ["no-such-track"]
+    assert not set(out.items) & set(session)
+    assert out.scores == sorted(out.scores, reverse=True)
+    kept_seen = rec.recommend(session, k=ds.n_items, exclude_seen=False)
+    assert session[1] in kept_seen.items  # only excluded when asked
+    assert session[1] not in rec.recommend(session, skipped=[session[1]], k=ds.n_items, exclude_seen=False).items
+
+    assert main(["recommend", str(run), "--session", ",".join(session), "--k", "3", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["items"] == rec.recommend(session, k=3).items
+    assert main(["evaluate", str(run), "--split", "valid"]) == 0
+    assert "HR@10" in capsys.readouterr().out
+
+
+def test_cli_reports_errors_cleanly(tmp_path, capsys):
+    assert main(["train", "train.epochs=-1"]) == 2
+    assert "train.epochs must be > 0, got -1" in capsys.readouterr().err
