@@ -25,6 +25,7 @@ from negrec_fast.kernels.skip_infonce import (
     triton_available_for,
 )
 from negrec_fast.losses import skip_infonce_loss
+from negrec_fast.losses.skip_infonce import next_kept_index
 
 INTERPRETED = triton_available_for(torch.empty(0))
 _EXPECT = "NEGREC_EXPECT_TRITON_INTERPRETER"
@@ -134,23 +135,59 @@ def test_non_contiguous_inputs():
 
 @interp
 def test_hand_computed_session():
-    """Anchor without a later kept play, and a skipped play with the positive's item."""
+    """Anchor without a later kept play, a skipped play with the positive's item, and a kept
+    play whose only skipped play copies its positive (no anchor: not in the mean)."""
     torch.manual_seed(0)
     # pos:   0    1    2    3    4    5    6
-    items = torch.tensor([[0, 0, 3, 5, 4, 5, 9]])
-    skips = torch.tensor([[False, True, False, True, True, False, True]])
-    x = torch.randn(1, 7, 5, requires_grad=True)
+    items = torch.tensor([[0, 0, 3, 5, 4, 5, 9],
+                          [0, 0, 0, 3, 5, 5, 6]])
+    skips = torch.tensor([[False, True, False, True, True, False, True],
+                          [False, False, False, False, True, False, False]])
+    x = torch.randn(2, 7, 5, requires_grad=True)
     out = fused_skip_infonce_loss(x, items, skips, temperature=0.5, reduction="none")
-    # kept: 2 and 5. Anchor 2 -> positive 5 (item 5); negatives: 4 (item 4) and 6 (item 9),
+    mean = fused_skip_infonce_loss(x, items, skips, temperature=0.5)
+    # row 0: kept 2 and 5. Anchor 2 -> positive 5 (item 5); negatives: 4 (item 4) and 6 (item 9),
     # not 3 (skipped but item 5 = the positive's). Position 5 has no later kept play.
-    cos = lambda i, j: F.cosine_similarity(x[0, i], x[0, j], dim=0, eps=1e-8) / 0.5  # noqa: E731
-    expected = torch.logsumexp(torch.stack([cos(2, 5), cos(2, 4), cos(2, 6)]), 0) - cos(2, 5)
-    torch.testing.assert_close(out[0, 2], expected, rtol=1e-5, atol=1e-6)
-    assert torch.count_nonzero(out) == 1
+    # row 1: kept 3, 5, 6; skipped 4 (item 5). Position 3 -> positive 5 (item 5) has no usable
+    # negative; anchor 5 -> positive 6 (item 6), negative 4.
+    cos = lambda b, i, j: F.cosine_similarity(x[b, i], x[b, j], dim=0, eps=1e-8) / 0.5  # noqa: E731
+    l02 = torch.logsumexp(torch.stack([cos(0, 2, 5), cos(0, 2, 4), cos(0, 2, 6)]), 0) - cos(0, 2, 5)
+    l15 = torch.logsumexp(torch.stack([cos(1, 5, 6), cos(1, 5, 4)]), 0) - cos(1, 5, 6)
+    torch.testing.assert_close(out[0, 2], l02, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[1, 5], l15, rtol=1e-5, atol=1e-6)
+    assert out.nonzero().tolist() == [[0, 2], [1, 5]]
+    torch.testing.assert_close(mean, (l02 + l15) / 2, rtol=1e-5, atol=1e-6)  # 2 anchors, not 3
     g, = torch.autograd.grad(out.sum(), x)
-    g_ref, = torch.autograd.grad(expected, x)
+    g_ref, = torch.autograd.grad(l02 + l15, x)
     torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-6)
     assert g[0, [0, 1, 3]].abs().max() == 0  # padding and the excluded skip get no gradient
+    assert g[1, [0, 1, 2, 3]].abs().max() == 0  # padding and the non-anchor
+
+
+@interp
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_positions_without_a_usable_negative(reduction):
+    """Two items only, so many kept plays see only skipped copies of their positive; those are
+    no anchors (not in the mean, no gradient even with an upstream gradient there)."""
+    anchors, items, skips, cands = make_batch(6, 12, 5, seed=22, n_items=2, skip_p=0.2,
+                                              separate=True, min_len=6)
+    kept, skipped = (items != 0) & ~skips, (items != 0) & skips
+    nxt = next_kept_index(kept)
+    pos_item = items.gather(1, nxt.clamp(min=0))
+    has_pos = kept & (nxt >= 0)
+    has_neg = (skipped[:, None, :] & (items[:, None, :] != pos_item[:, :, None])).any(-1)
+    # the case occurs: a positive, skipped plays in the session, but all copy the positive
+    assert (has_pos & ~has_neg & skipped.any(1, keepdim=True)).sum() >= 5
+    assert (has_pos & has_neg).sum() >= 5
+    res = run_both(anchors, items, skips, cands, reduction=reduction)
+    assert_close_run(res)
+    if reduction == "none":
+        (out, grads), _ = res
+        assert torch.equal(out != 0, has_pos & has_neg)
+    else:
+        per_pos = fused_skip_infonce_loss(anchors, items, skips, candidates=cands,
+                                          reduction="none")
+        torch.testing.assert_close(res[0][0], per_pos.sum() / (has_pos & has_neg).sum())
 
 
 @interp

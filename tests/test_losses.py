@@ -259,11 +259,40 @@ def test_skip_infonce_masks_skipped_copies_of_the_positive():
     # anchor 0 -> positive item 5 at position 3; position 1 skipped the same item 5
     items = torch.tensor([[2, 5, 6, 5]])
     skips = torch.tensor([[False, True, True, False]])
-    vectors = torch.tensor([A0[1:5]])
+    vectors = torch.tensor([A0[1:5]], requires_grad=True)
     loss = skip_infonce_loss(vectors, items, skips, reduction="none")
-    assert loss[0, 0].item() == close(infonce_by_hand(A0[1], A0[1:5], 3, [2], 0.1))
+    assert loss[0].tolist() == close([infonce_by_hand(A0[1], A0[1:5], 3, [2], 0.1), 0.0, 0.0, 0.0])
+    # both skipped plays copy the positive's item: no usable negative, so position 0 is no
+    # anchor (loss 0, no gradient) and the batch has no anchor to average over
+    copies = torch.tensor([[2, 5, 5, 5]])
+    assert skip_infonce_loss(vectors, copies, skips, reduction="none")[0].tolist() == [0.0] * 4
+    mean = skip_infonce_loss(vectors, copies, skips)
+    assert mean.item() == 0.0
+    mean.backward()
+    assert torch.count_nonzero(vectors.grad) == 0
     with pytest.raises(ValueError, match="temperature must be > 0, got -1"):
         skip_infonce_loss(vectors, items, skips, temperature=-1)
+
+
+def test_skip_infonce_mean_counts_only_anchors_with_a_usable_negative():
+    """An anchor whose only skipped plays copy its positive is not in the mean's denominator."""
+    # session 0: kept 0 (item 2), 2 (item 5), 3 (item 3); skipped 1 (item 5).
+    #   position 0 -> positive 2 (item 5): its one negative copies it -> not an anchor
+    #   position 2 -> positive 3 (item 3): negative 1 (item 5)
+    # session 1: kept 0, 2, 3; skipped 1; all items distinct -> anchors 0 and 2
+    items = torch.tensor([[2, 5, 5, 3], [6, 7, 8, 9]])
+    skips = torch.tensor([[False, True, False, False], [False, True, False, False]])
+    s0, s1 = A0[1:5], C0[1:5]
+    vectors = torch.tensor([s0, s1])
+    l02 = infonce_by_hand(s0[2], s0, 3, [1], 0.5)
+    l10 = infonce_by_hand(s1[0], s1, 2, [1], 0.5)
+    l12 = infonce_by_hand(s1[2], s1, 3, [1], 0.5)
+    loss = skip_infonce_loss(vectors, items, skips, temperature=0.5, reduction="none")
+    assert loss.tolist() == [close([0.0, 0.0, l02, 0.0]), close([l10, 0.0, l12, 0.0])]
+    mean = skip_infonce_loss(vectors, items, skips, temperature=0.5)
+    assert mean.item() == close((l02 + l10 + l12) / 3)  # not / 4
+    total = skip_infonce_loss(vectors, items, skips, temperature=0.5, reduction="sum")
+    assert total.item() == close(l02 + l10 + l12)
 
 
 # ---------------------------------------------------------------- BCE and gBCE

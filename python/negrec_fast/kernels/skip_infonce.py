@@ -10,13 +10,16 @@ ever written. Norms are computed in-kernel (fp32) and folded into the scores:
 inputs go through the tensor cores unrounded and fp32 inputs use IEEE fp32 dots.
 
 - forward: online log-sum-exp over {positive} + {the session's skipped plays whose item
-  differs from the positive's}; stores the per-position loss and the row LSE.
-- backward: recomputes the scores. With ``G_ij = g_i (p_ij - [j = pos_i])``:
+  differs from the positive's}, counting those negatives on the way; stores the per-position
+  loss, the row LSE and a ``live`` flag (positive and >= 1 negative: an anchor). The flag
+  is the ``"mean"`` denominator and masks the backward, so it stays on device.
+- backward: recomputes the scores; rows that are not live get no gradient. With
+  ``G_ij = g_i (p_ij - [j = pos_i])``:
   ``dA_i = ra_i/T sum_j G_ij rc_j c_j - ra_i^2 a_i sum_j G_ij s_ij`` and symmetrically for
   ``dC_j`` (the second term is the derivative through the normalisation), computed by
   two deterministic kernels (row blocks for anchors, column blocks for candidates).
 
-Anchor/positive indices come from cheap ``[B, L]`` torch ops on the host side (no sync).
+Positive indices come from cheap ``[B, L]`` torch ops on the host side (no sync).
 On CPU the kernels run only in Triton's interpreter, which must be chosen before triton is
 first imported (``TRITON_INTERPRET=1`` in the environment).
 """
@@ -41,7 +44,7 @@ _BACKENDS = ("auto", "triton", "torch")
 
 @triton.jit
 def _fwd_kernel(
-    A, C, ITEMS, SKIP, POS, LOSS, LSE,
+    A, C, ITEMS, SKIP, POS, LOSS, LSE, LIVE,
     L, D, stride_ab, stride_al, stride_cb, stride_cl, inv_temp,
     EPS: tl.constexpr, F32_DOT: tl.constexpr,
     BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -64,6 +67,7 @@ def _fwd_kernel(
     m = tl.full([BLOCK_I], float("-inf"), tl.float32)
     acc = tl.zeros([BLOCK_I], tl.float32)
     s_pos = tl.zeros([BLOCK_I], tl.float32)
+    n_neg = tl.zeros([BLOCK_I], tl.int32)
     for j0 in range(0, L, BLOCK_J):
         offs_j = j0 + tl.arange(0, BLOCK_J)
         col_ok = offs_j < L
@@ -82,20 +86,23 @@ def _fwd_kernel(
         is_pos = offs_j[None, :] == pos[:, None]
         is_neg = (skip_j[None, :] & (item_j[None, :] != pos_item[:, None])) & anchor[:, None]
         s_pos += tl.sum(tl.where(is_pos, s, 0.0), axis=1)
+        n_neg += tl.sum(is_neg.to(tl.int32), axis=1)
         sm = tl.where(is_pos | is_neg, s, float("-inf"))
         m_new = tl.maximum(m, tl.max(sm, axis=1))
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
         acc = acc * tl.exp(m - m_ref) + tl.sum(tl.exp(sm - m_ref[:, None]), axis=1)
         m = m_new
-    lse = tl.where(anchor, m + tl.log(tl.where(anchor, acc, 1.0)), 0.0)
-    loss = tl.where(anchor, lse - s_pos, 0.0)
+    live = anchor & (n_neg > 0)
+    lse = tl.where(live, m + tl.log(tl.where(live, acc, 1.0)), 0.0)
+    loss = tl.where(live, lse - s_pos, 0.0)
     tl.store(LOSS + b * L + offs_i, loss, mask=row_ok)
     tl.store(LSE + b * L + offs_i, lse, mask=row_ok)
+    tl.store(LIVE + b * L + offs_i, live.to(tl.int8), mask=row_ok)
 
 
 @triton.jit
 def _bwd_anchor_kernel(
-    A, C, ITEMS, SKIP, POS, LSE, GROW, DA,
+    A, C, ITEMS, SKIP, POS, LSE, LIVE, GROW, DA,
     L, D, stride_ab, stride_al, stride_cb, stride_cl, inv_temp, stride_gb, stride_gl,
     EPS: tl.constexpr, F32_DOT: tl.constexpr,
     BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -112,8 +119,8 @@ def _bwd_anchor_kernel(
     af = a.to(tl.float32)
     norm_a = tl.sqrt(tl.sum(af * af, axis=1))
     ra = 1.0 / tl.maximum(norm_a, EPS)
-    pos = tl.load(POS + b * L + offs_i, mask=row_ok, other=-1)
-    anchor = pos >= 0
+    anchor = tl.load(LIVE + b * L + offs_i, mask=row_ok, other=0) != 0
+    pos = tl.load(POS + b * L + offs_i, mask=anchor, other=-1)
     pos_item = tl.load(ITEMS + b * L + pos, mask=anchor, other=0)
     lse = tl.load(LSE + b * L + offs_i, mask=row_ok, other=0.0)
     g = tl.load(GROW + b * L + offs_i, mask=anchor, other=0.0)
@@ -153,7 +160,7 @@ def _bwd_anchor_kernel(
 
 @triton.jit
 def _bwd_candidate_kernel(
-    A, C, ITEMS, SKIP, POS, LSE, GROW, DC,
+    A, C, ITEMS, SKIP, POS, LSE, LIVE, GROW, DC,
     L, D, stride_ab, stride_al, stride_cb, stride_cl, inv_temp, stride_gb, stride_gl,
     EPS: tl.constexpr, F32_DOT: tl.constexpr,
     BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -187,8 +194,8 @@ def _bwd_candidate_kernel(
             dots = tl.dot(a, tl.trans(c))
         af = a.to(tl.float32)
         ra = 1.0 / tl.maximum(tl.sqrt(tl.sum(af * af, axis=1)), EPS)
-        pos = tl.load(POS + b * L + offs_i, mask=row_ok, other=-1)
-        anchor = pos >= 0
+        anchor = tl.load(LIVE + b * L + offs_i, mask=row_ok, other=0) != 0
+        pos = tl.load(POS + b * L + offs_i, mask=anchor, other=-1)
         pos_item = tl.load(ITEMS + b * L + pos, mask=anchor, other=0)
         lse = tl.load(LSE + b * L + offs_i, mask=row_ok, other=0.0)
         g = tl.load(GROW + b * L + offs_i, mask=anchor, other=0.0)
@@ -235,25 +242,29 @@ def _common_args(a: Tensor, c: Tensor, inv_temp: float) -> tuple:
 
 
 class _SkipInfoNCE(torch.autograd.Function):
-    """Per-position losses ``[B, L]`` (fp32, 0 off anchors) with gradients for both vectors."""
+    """Per-position losses ``[B, L]`` (fp32, 0 off anchors) with gradients for both vectors,
+    and the ``[B, L]`` bool anchor flag (non-differentiable)."""
 
     @staticmethod
     def forward(ctx, anchors, candidates, items, skipped, pos, inv_temp):
         b, length, dim = anchors.shape
         loss = torch.empty((b, length), device=anchors.device, dtype=torch.float32)
         lse = torch.empty_like(loss)
+        live = torch.empty((b, length), device=anchors.device, dtype=torch.int8)
         cfg = _config(length, dim)
         f32 = anchors.dtype in (torch.float32, torch.float64)
         _fwd_kernel[(b, triton.cdiv(length, cfg["BLOCK_I"]))](
-            anchors, candidates, items, skipped, pos, loss, lse,
+            anchors, candidates, items, skipped, pos, loss, lse, live,
             *_common_args(anchors, candidates, inv_temp), EPS=_EPS, F32_DOT=f32, **cfg)
-        ctx.save_for_backward(anchors, candidates, items, skipped, pos, lse)
+        ctx.save_for_backward(anchors, candidates, items, skipped, pos, lse, live)
         ctx.inv_temp = inv_temp
-        return loss
+        is_anchor = live.bool()
+        ctx.mark_non_differentiable(is_anchor)
+        return loss, is_anchor
 
     @staticmethod
-    def backward(ctx, grad_loss):
-        anchors, candidates, items, skipped, pos, lse = ctx.saved_tensors
+    def backward(ctx, grad_loss, _grad_is_anchor):
+        anchors, candidates, items, skipped, pos, lse, live = ctx.saved_tensors
         b, length, dim = anchors.shape
         grow = grad_loss.float().contiguous()
         cfg = _config(length, dim)
@@ -264,13 +275,13 @@ class _SkipInfoNCE(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             d_anchors = torch.empty(anchors.shape, dtype=anchors.dtype, device=anchors.device)
             _bwd_anchor_kernel[grid](
-                anchors, candidates, items, skipped, pos, lse, grow, d_anchors, *args,
+                anchors, candidates, items, skipped, pos, lse, live, grow, d_anchors, *args,
                 d_anchors.stride(0), d_anchors.stride(1), EPS=_EPS, F32_DOT=f32, **cfg)
         if ctx.needs_input_grad[1]:
             d_candidates = torch.empty(candidates.shape, dtype=candidates.dtype,
                                        device=candidates.device)
             _bwd_candidate_kernel[grid](
-                anchors, candidates, items, skipped, pos, lse, grow, d_candidates, *args,
+                anchors, candidates, items, skipped, pos, lse, live, grow, d_candidates, *args,
                 d_candidates.stride(0), d_candidates.stride(1), EPS=_EPS, F32_DOT=f32, **cfg)
         return d_anchors, d_candidates, None, None, None, None
 
@@ -326,16 +337,16 @@ def fused_skip_infonce_loss(
     skipped = real & skip
     kept = real & ~skip
     nxt = next_kept_index(kept)
-    is_anchor = kept & (nxt >= 0) & skipped.any(dim=1, keepdim=True)
-    pos = torch.where(is_anchor, nxt, -1).to(torch.int32).contiguous()
+    pos = torch.where(kept, nxt, -1).to(torch.int32).contiguous()  # -1: no positive
     if anchors.stride(-1) != 1:
         anchors = anchors.contiguous()
     if cand.stride(-1) != 1:
         cand = cand.contiguous()
     if anchors.numel() == 0:  # empty batch, session or feature dim: nothing to launch
         per_pos = (anchors.float().sum(-1) + cand.float().sum(-1)) * 0.0
-    else:
-        per_pos = _SkipInfoNCE.apply(anchors, cand, items.contiguous(),
+        is_anchor = torch.zeros(items.shape, dtype=torch.bool, device=items.device)
+    else:  # the kernel decides which positions are anchors (a positive and >= 1 negative)
+        per_pos, is_anchor = _SkipInfoNCE.apply(anchors, cand, items.contiguous(),
                                      skipped.to(torch.int8).contiguous(), pos, 1.0 / temperature)
     return reduce_rows(per_pos if reduction == "none" else per_pos.flatten(),
                        is_anchor.flatten(), reduction)

@@ -3,13 +3,14 @@ session and push it away from the tracks that session skipped.
 
 For session ``b`` and position ``i``:
 
-- ``i`` is an *anchor* when it is a kept play (not padding, not skipped), a later kept play
-  exists in the same session (the first such ``j`` is the *positive*), and the session has
-  at least one skipped play. Other positions contribute nothing: there is no fallback to
-  position 0 when no positive exists.
-- The *negatives* are all skipped plays of the **same** session ``b`` (never another
+- The *positive* of a kept play ``i`` (not padding, not skipped) is the first kept play
+  ``j > i`` of the same session; there is no fallback to position 0 when none exists.
+- Its *negatives* are the skipped plays of the **same** session ``b`` (never another
   session's), except those whose item equals the positive's item (an accidental hit).
   Padding is in neither numerator nor denominator.
+- ``i`` is an *anchor* when it has a positive and at least one negative. Other positions
+  contribute nothing: loss 0, and they are not counted by ``reduction="mean"`` (an anchor
+  whose only skipped plays are copies of its positive would otherwise add a 0 to the mean).
 - ``s(u, v) = cos(u, v) / temperature`` and
   ``loss_i = -log(exp(s(a_i, c_j)) / (exp(s(a_i, c_j)) + sum_neg exp(s(a_i, c_neg))))``
   with ``a = anchors`` and ``c = candidates`` (defaults to the anchors' tensor, e.g. item
@@ -57,7 +58,7 @@ def skip_infonce_loss(
         skips: ``[B, L]`` bool, True where the play was skipped.
         candidates: ``[B, L, d]`` vectors of positives/negatives; defaults to ``anchors``.
         temperature: cosine similarities are divided by it.
-        reduction: ``"mean"`` over anchors, ``"sum"``, or ``"none"`` (``[B, L]``).
+        reduction: ``"mean"`` over anchors, ``"sum"``, or ``"none"`` (``[B, L]``, 0 off anchors).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -67,9 +68,6 @@ def skip_infonce_loss(
     skipped = real & skips.bool()
     kept = real & ~skips.bool()
     nxt = next_kept_index(kept)
-    has_pos = nxt >= 0
-    has_neg = skipped.any(dim=1, keepdim=True)
-    is_anchor = kept & has_pos & has_neg  # [B, L]
 
     a = F.normalize(anchors.float(), dim=-1, eps=1e-8)
     c = F.normalize(candidates.float(), dim=-1, eps=1e-8)
@@ -79,6 +77,7 @@ def skip_infonce_loss(
     pos_logit = sim.gather(2, pos_idx.unsqueeze(-1)).squeeze(-1)  # [B, L]
     pos_item = items.gather(1, pos_idx)  # [B, L]
     neg_mask = skipped[:, None, :] & (items[:, None, :] != pos_item[:, :, None])  # [B, L, L]
+    is_anchor = kept & (nxt >= 0) & neg_mask.any(dim=-1)  # [B, L]
     neg_logits = sim.masked_fill(~neg_mask, float("-inf"))
     logits = torch.cat([pos_logit.unsqueeze(-1), neg_logits], dim=-1)  # [B, L, 1+L]
     per_pos = torch.logsumexp(logits, dim=-1) - pos_logit
