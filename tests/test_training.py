@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -24,8 +23,6 @@ from negrec_fast.evaluation import evaluate
 from negrec_fast.recommend import Recommender
 from negrec_fast.synthetic import generate_mssd
 from negrec_fast.training import train
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -100,10 +97,9 @@ def test_resume_after_max_steps_matches_uninterrupted_run(dataset_dir, tmp_path)
 def test_killed_run_resumes_to_the_same_metrics(dataset_dir, tmp_path):
     reference = train(overrides=tiny(dataset_dir, tmp_path / "ref", "train.epochs=3"))
     run = tmp_path / "killed"
-    env = dict(os.environ, PYTHONPATH=str(REPO / "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "negrec_fast", "train", *tiny(dataset_dir, run, "train.epochs=3",
                                                                "train.checkpoint_every=1")]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not (run / "last.pt").exists():
         assert proc.poll() is None, proc.stderr.read().decode()
