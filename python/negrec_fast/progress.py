@@ -33,6 +33,7 @@ class Progress:
         self.postfix: dict[str, object] = {}
         self._start = time.perf_counter()
         self._last = 0.0
+        self._drawn_count = -1
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._interval = min_interval if self._tty else min_interval * 20
 
@@ -64,6 +65,9 @@ class Progress:
         return " ".join(parts)
 
     def _draw(self, final: bool) -> None:
+        if final and not self._tty and self._drawn_count == self.count:
+            return  # the last line already shows the final state
+        self._drawn_count = self.count
         line = self._line()
         if self._tty:
             self.stream.write("\r\x1b[2K" + line + ("\n" if final else ""))
