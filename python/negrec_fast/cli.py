@@ -57,6 +57,13 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from negrec_fast import __version__
     from negrec_fast.data.cli import add_prepare_parser
@@ -87,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--session", required=True, help="comma-separated original track ids, in play order")
     p.add_argument("--skipped", help="comma-separated tracks of the session that were skipped (never recommended)")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=_positive_int, default=10)
     p.add_argument("--keep-seen", action="store_true", help="allow recommending tracks already in the session")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -95,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="write a synthetic MSSD-format log with planted skip structure")
     p.add_argument("output", help="CSV path (.gz compresses)")
-    p.add_argument("--sessions", type=int, default=20_000)
-    p.add_argument("--items", type=int, default=5_000)
+    p.add_argument("--sessions", type=_positive_int, default=20_000)
+    p.add_argument("--items", type=_positive_int, default=5_000)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_generate)
     return parser

@@ -8,6 +8,7 @@ naming the key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -49,7 +50,7 @@ class LossConfig:
     n_negatives: int = 1000  # K shared sampled negatives per batch
     sampling: str = "uniform"  # or "popularity" (count^alpha)
     alpha: float = 0.75
-    logq: bool = False  # logQ correction of sampled logits
+    logq: bool = False  # logQ correction (sampled_softmax): subtract log expected count of each candidate
     temperature: float = 1.0
     gbce_t: float = 0.75
     nce_weight: float = 0.1  # lambda of the skip-InfoNCE term; 0 disables it
@@ -68,7 +69,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     bf16: bool = True  # bf16 autocast when on GPU
-    early_stopping_metric: str = "NDCG@10"
+    early_stopping_metric: str = "NDCG@10"  # HR@K, NDCG@K, MRR@K (higher is better) or skip_MRR@10 (lower)
     patience: int = 3  # epochs without improvement before stopping; 0 disables
     checkpoint_every: int = 0  # also save `last.pt` every N batches mid-epoch; 0 = per epoch only
     max_steps: int = 0  # stop (resumably) after N optimizer steps in this invocation; 0 = no limit
@@ -150,11 +151,17 @@ class Config:
         _positive("eval.batch_size", self.eval.batch_size)
         _non_negative("eval.sampled_candidates", self.eval.sampled_candidates)
         metric, _, k = self.train.early_stopping_metric.partition("@")
-        if metric not in ("HR", "NDCG", "MRR") or not k.isdigit() or int(k) not in self.eval.ks:
+        ranked = metric in ("HR", "NDCG", "MRR") and k.isdigit() and int(k) in self.eval.ks
+        if not ranked and self.train.early_stopping_metric != "skip_MRR@10":
             raise ConfigError(
                 f"train.early_stopping_metric must be HR@K, NDCG@K or MRR@K with K in eval.ks "
-                f"{self.eval.ks}, got {self.train.early_stopping_metric!r}"
+                f"{self.eval.ks}, or skip_MRR@10; got {self.train.early_stopping_metric!r}"
             )
+        _seed("train.seed", self.train.seed)
+        _seed("data.synthetic_seed", self.data.synthetic_seed)
+        _non_negative("loss.alpha", self.loss.alpha)
+        if self.loss.logq and self.loss.rec != "sampled_softmax":
+            raise ConfigError(f"loss.logq applies to loss.rec='sampled_softmax' only, not {self.loss.rec!r}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -238,6 +245,8 @@ def _set(section: Any, dotted: str, key: str, value: Any) -> None:
         raise ConfigError(f"{dotted} must be {expected.__name__}, got {type(value).__name__} {value!r}")
     elif expected is float:
         value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{dotted} must be a finite number, got {value!r}")
     setattr(section, key, value)
 
 
@@ -262,6 +271,11 @@ def _positive(key: str, value: float) -> None:
 def _non_negative(key: str, value: float) -> None:
     if value < 0:
         raise ConfigError(f"{key} must be >= 0, got {value!r}")
+
+
+def _seed(key: str, value: int) -> None:
+    if not 0 <= value < 2**32:
+        raise ConfigError(f"{key} must be in [0, 2**32), got {value}")
 
 
 def _unit_interval(key: str, value: float, *, closed_right: bool) -> None:

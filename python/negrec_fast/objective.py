@@ -32,11 +32,15 @@ class BatchTensors:
 class Objective:
     """Computes the loss of a model on a batch, as configured by ``[loss]``."""
 
-    def __init__(self, loss: LossConfig, model_name: str, *, mask_prob: float, n_items: int) -> None:
+    def __init__(
+        self, loss: LossConfig, model_name: str, *, mask_prob: float, n_items: int, item_log_freq: Tensor | None = None
+    ) -> None:
+        """``item_log_freq``: ``[V]`` log frequency of each item among training plays (for logQ)."""
         self.cfg = loss
         self.bidirectional = model_name == "bert4rec"
         self.mask_prob = mask_prob
         self.n_items = n_items
+        self.item_log_freq = item_log_freq
 
     def __call__(self, model: torch.nn.Module, batch: BatchTensors, generator: torch.Generator | None = None):
         """Returns ``(total, rec, nce)``; ``nce`` is a zero tensor when the term is off."""
@@ -62,6 +66,7 @@ class Objective:
             batch.negatives,
             batch.neg_logq,
             n_items=self.n_items,
+            item_log_freq=self.item_log_freq,
         )
         if self.cfg.nce_weight <= 0:
             return rec, rec, rec.new_zeros(())

@@ -160,14 +160,7 @@ class Trainer:
         self.device = resolve_device(cfg.train.device)
         self.dataset_dir = dataset_path(cfg, progress=cfg.train.progress)
         self.dataset = load_dataset(self.dataset_dir)
-        self.run_dir = run_dir or self._new_run_dir()
-        _seed_everything(cfg.train.seed)
-        self.model = build_model_for(cfg, self.dataset.vocab_size).to(self.device)
-        self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
-        )
-        self.objective = Objective(cfg.loss, cfg.model.name, mask_prob=cfg.model.mask_prob, n_items=self.dataset.n_items)
-        self.mask_generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 1)
+        self._check_dataset(run_dir)
         self.loader = BatchLoader(
             self.dataset,
             batch_size=cfg.train.batch_size,
@@ -178,6 +171,21 @@ class Trainer:
             seed=cfg.train.seed,
             prefetch=max(cfg.train.prefetch, 1),
         )
+        self.run_dir = run_dir or self._new_run_dir()
+        _seed_everything(cfg.train.seed)
+        self.model = build_model_for(cfg, self.dataset.vocab_size).to(self.device)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+        )
+        counts = torch.from_numpy(np.asarray(self.loader.train_item_counts, dtype=np.float64))
+        self.objective = Objective(
+            cfg.loss,
+            cfg.model.name,
+            mask_prob=cfg.model.mask_prob,
+            n_items=self.dataset.n_items,
+            item_log_freq=(counts / counts.sum()).log().float().to(self.device),
+        )
+        self.mask_generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 1)
         self.epoch, self.batch, self.step = 0, 0, 0
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
@@ -187,6 +195,25 @@ class Trainer:
             self._restore(resume_from)
         else:
             self._write_run_files()
+
+    def _check_dataset(self, run_dir: Path | None) -> None:
+        """Config values that depend on the dataset, checked before any work; on resume,
+        the dataset must be the one the run started with."""
+        n_items = self.dataset.n_items
+        if self.cfg.loss.n_negatives >= n_items:
+            raise ConfigError(
+                f"loss.n_negatives ({self.cfg.loss.n_negatives}) must be smaller than the catalogue "
+                f"({n_items} items in {self.dataset_dir})"
+            )
+        if self.cfg.eval.sampled_candidates >= n_items:
+            raise ConfigError(
+                f"eval.sampled_candidates ({self.cfg.eval.sampled_candidates}) must be smaller than the "
+                f"catalogue ({n_items} items)"
+            )
+        if run_dir is not None:
+            recorded = json.loads((run_dir / "dataset.json").read_text()).get("checksum")
+            if recorded != self.dataset.manifest.get("checksum"):
+                raise ConfigError(f"cannot resume {run_dir}: the dataset at {self.dataset_dir} changed since the run started")
 
     # ---- run folder -------------------------------------------------------------------
     def _new_run_dir(self) -> Path:
@@ -288,7 +315,7 @@ class Trainer:
                         self._save_last()
                 self.epoch_sums["seconds"] += time.perf_counter() - tic
             stopped = self._end_epoch()
-        self._save_last()
+            self._save_last()
         test = self._final_test()
         return self._result(completed=True, test=test)
 
@@ -333,7 +360,12 @@ class Trainer:
         # Without validation targets (e.g. a temporal split with no validation share) the
         # latest epoch counts as the best.
         no_targets = valid.get("n_kept", 0) == 0
-        improved = self.best is None or no_targets or (math.isfinite(score) and score > self.best["score"])
+        if self.best is None or no_targets:
+            improved = True
+        elif metric.startswith("skip_"):  # skip down-ranking: lower is better
+            improved = math.isfinite(score) and score < self.best["score"]
+        else:
+            improved = math.isfinite(score) and score > self.best["score"]
         if improved:
             self.best = {"epoch": self.epoch + 1, "score": score, "metric": metric, "valid": valid}
             self.bad_epochs = 0

@@ -7,6 +7,7 @@ reference. Both paths have the same signature and, within tolerance, the same va
 
 from __future__ import annotations
 
+import math
 import os
 
 from torch import Tensor
@@ -39,8 +40,15 @@ def rec_loss(
     neg_logq: Tensor,
     *,
     n_items: int,
+    item_log_freq: Tensor | None = None,
 ) -> Tensor:
-    """The main recommendation loss over ``[N, d]`` queries; ``targets == 0`` rows are ignored."""
+    """The main recommendation loss over ``[N, d]`` queries; ``targets == 0`` rows are ignored.
+
+    With ``cfg.logq`` (sampled softmax only), each candidate's logit is reduced by the log of
+    its expected count in the candidate set: ``log(K q_c)`` for the K sampled negatives
+    (``neg_logq = log q_c``) and ``log(N p_c)`` for the N in-batch targets, ``p_c`` being the
+    item's frequency among training plays (``item_log_freq``), the positive included.
+    """
     triton = use_triton(cfg.backend, query)
     if not query.is_cuda:
         # On CPU, dropping padding rows up front is free and halves the in-batch work; on GPU
@@ -48,7 +56,13 @@ def rec_loss(
         keep = targets != 0
         query, targets = query[keep], targets[keep]
     if cfg.rec == "sampled_softmax":
-        kwargs = dict(neg_logq=neg_logq if cfg.logq else None, temperature=cfg.temperature)
+        kwargs: dict = dict(temperature=cfg.temperature)
+        if cfg.logq:
+            if item_log_freq is None:
+                raise ConfigError("loss.logq needs the training item frequencies")
+            n_rows = (targets != 0).sum().clamp(min=1).float()
+            kwargs["neg_logq"] = neg_logq + math.log(negatives.numel())
+            kwargs["target_logq"] = item_log_freq[targets] + n_rows.log()
         if triton:
             from negrec_fast.kernels.sampled_softmax import fused_sampled_softmax_loss
 
@@ -61,9 +75,9 @@ def rec_loss(
             return fused_linear_cross_entropy_loss(query, item_weight, targets, temperature=cfg.temperature)
         return losses.full_softmax_loss(query, item_weight, targets, temperature=cfg.temperature)
     if cfg.rec == "bce":
-        return losses.bce_loss(query, item_weight, targets, negatives)
+        return losses.bce_loss(query / cfg.temperature, item_weight, targets, negatives)
     if cfg.rec == "gbce":
-        return losses.gbce_loss(query, item_weight, targets, negatives, n_items=n_items, t=cfg.gbce_t)
+        return losses.gbce_loss(query / cfg.temperature, item_weight, targets, negatives, n_items=n_items, t=cfg.gbce_t)
     raise ConfigError(f"loss.rec {cfg.rec!r} is not a known loss")
 
 
