@@ -16,7 +16,7 @@ use crossbeam_channel::{bounded, Receiver};
 
 use crate::error::{Error, Result};
 use crate::sampler::rng::Rng;
-use crate::sampler::{NegativeSampler, Scratch, N_RESERVED};
+use crate::sampler::{check_vocab_size, NegativeSampler, Scratch, N_RESERVED};
 
 /// Stream tag of the epoch permutation.
 const STREAM_SHUFFLE: u64 = 0x7368_7566_666c_6521;
@@ -45,6 +45,7 @@ impl Sessions {
         train_end: Vec<i32>,
         vocab_size: usize,
     ) -> Result<Self> {
+        check_vocab_size(vocab_size)?;
         let bad = |message: String| Err(Error::Config(message));
         if offsets.len() != train_end.len() + 1 {
             return bad(format!(
@@ -105,15 +106,21 @@ impl Sessions {
     /// Plays of each id among the training plays (positions `< train_end`), skipped ones
     /// included; `vocab_size` entries, reserved ids 0. Held-out targets are not counted,
     /// so a popularity distribution built from these does not leak them.
-    pub fn train_item_counts(&self, vocab_size: usize) -> Vec<u64> {
-        let mut counts = vec![0u64; vocab_size];
+    pub fn train_item_counts(&self, vocab_size: usize) -> Result<Vec<u64>> {
+        let mut counts = Vec::new();
+        counts.try_reserve_exact(vocab_size).map_err(|_| {
+            Error::Config(format!(
+                "cannot allocate item counts for vocab_size = {vocab_size}"
+            ))
+        })?;
+        counts.resize(vocab_size, 0);
         for (s, &end) in self.train_end.iter().enumerate() {
             let start = self.offsets[s] as usize;
             for &id in &self.items[start..start + end as usize] {
                 counts[id as usize] += 1;
             }
         }
-        counts
+        Ok(counts)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -480,7 +487,9 @@ impl Iterator for EpochIter {
             Err(_) => {
                 // The thread ended without sending every batch: never a short epoch.
                 let (epoch, b, left) = (self.epoch, self.next_batch, self.remaining);
-                let why = self.stop().unwrap_or_else(|| "it stopped without an error".into());
+                let why = self
+                    .stop()
+                    .unwrap_or_else(|| "it stopped without an error".into());
                 Some(Err(EpochError::Worker(format!(
                     "epoch {epoch}, batch {b}: the batch thread ended with {left} batches \
                      still to deliver: {why}"
@@ -823,8 +832,14 @@ mod tests {
     /// Batch 0 holds ids {2, 3}, batch 1 ids {4..=9}, in a catalogue of ids 2..12.
     fn two_batches(n_negatives: usize) -> BatchLoader {
         let items = vec![2, 3, 3, 2, 4, 5, 6, 7, 8, 9, 4, 5];
-        let sessions =
-            Sessions::new(vec![0, 2, 4, 10, 12], items, vec![0; 12], vec![2, 2, 6, 2], 12).unwrap();
+        let sessions = Sessions::new(
+            vec![0, 2, 4, 10, 12],
+            items,
+            vec![0; 12],
+            vec![2, 2, 6, 2],
+            12,
+        )
+        .unwrap();
         let sampler = NegativeSampler::new(12, Distribution::Uniform, None, 0).unwrap();
         let config = LoaderConfig {
             batch_size: 2,
@@ -861,6 +876,6 @@ mod tests {
             7,
         )
         .unwrap();
-        assert_eq!(s.train_item_counts(7), vec![0, 0, 1, 3, 0, 0, 0]);
+        assert_eq!(s.train_item_counts(7).unwrap(), vec![0, 0, 1, 3, 0, 0, 0]);
     }
 }

@@ -87,13 +87,7 @@ impl NegativeSampler {
         item_counts: Option<&[u64]>,
         seed: u64,
     ) -> Result<Self> {
-        if vocab_size <= N_RESERVED as usize || vocab_size > u32::MAX as usize {
-            return Err(Error::Config(format!(
-                "vocab_size must be between {} and {} (the {N_RESERVED} reserved ids plus at least one item), got {vocab_size}",
-                N_RESERVED + 1,
-                u32::MAX
-            )));
-        }
+        check_vocab_size(vocab_size)?;
         let n_real = vocab_size - N_RESERVED as usize;
         let (table, n_positive) = match distribution {
             Distribution::Uniform => (
@@ -308,6 +302,18 @@ fn clear(scratch: &mut Scratch, exclude: &[i64], drawn: &[i64]) {
     for &id in exclude.iter().chain(drawn) {
         scratch.bits[(id as u64 >> 6) as usize] = 0;
     }
+}
+
+/// `vocab_size` counts the reserved ids and at least one item, and fits item ids in u32.
+pub fn check_vocab_size(vocab_size: usize) -> Result<()> {
+    if vocab_size <= N_RESERVED as usize || vocab_size > u32::MAX as usize {
+        return Err(Error::Config(format!(
+            "vocab_size must be between {} and {} (the {N_RESERVED} reserved ids plus at least one item), got {vocab_size}",
+            N_RESERVED + 1,
+            u32::MAX
+        )));
+    }
+    Ok(())
 }
 
 fn check_ids(ids: &[i64], vocab_size: u32, what: &str) -> Result<()> {
