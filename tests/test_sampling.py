@@ -32,6 +32,15 @@ def data() -> SimpleNamespace:
     )
 
 
+def train_counts(data: SimpleNamespace) -> np.ndarray:
+    """Reference: plays of each id at positions < train_end, by a plain loop."""
+    counts = np.zeros(data.vocab_size, np.uint64)
+    for s, end in enumerate(data.train_end):
+        for id_ in data.items[data.offsets[s]:data.offsets[s] + end]:
+            counts[id_] += 1
+    return counts
+
+
 def batches(loader: BatchLoader, epoch: int = 0, start: int = 0) -> list[Batch]:
     return list(loader.epoch(epoch, start))
 
@@ -71,7 +80,7 @@ def test_negatives_exclude_batch_items_and_reserved_ids(data, distribution):
     loader = BatchLoader(
         data, batch_size=16, seq_len=8, n_negatives=60, distribution=distribution, alpha=0.5, seed=2
     )
-    counts = data.item_counts.astype(np.float64)
+    counts = train_counts(data).astype(np.float64)
     q = np.where(counts > 0, counts**0.5, 0.0)
     q /= q.sum()
     for batch in loader.epoch(1):
@@ -180,3 +189,88 @@ def test_errors_are_clear(data):
     loader = BatchLoader(data, batch_size=64, seq_len=12, n_negatives=VOCAB - 3)
     with pytest.raises(ValueError, match="epoch 0, batch 0: cannot draw 197 distinct negatives"):
         next(iter(loader.epoch(0)))
+
+
+def test_popularity_counts_come_from_training_plays_only(data):
+    loader = BatchLoader(data, batch_size=16, seq_len=8, n_negatives=60, distribution="popularity")
+    counts = loader.train_item_counts
+    assert counts.dtype == np.uint64 and counts.shape == (VOCAB,)
+    np.testing.assert_array_equal(counts, train_counts(data))
+    assert counts[:2].tolist() == [0, 0]
+    assert (counts <= data.item_counts).all() and (counts < data.item_counts).any()
+    with pytest.raises(ValueError, match="read-only"):
+        counts[5] = 1
+    # Items played only at or after train_end (held-out targets) are never drawn.
+    held_out_only = np.flatnonzero((counts == 0) & (data.item_counts > 0))
+    assert held_out_only.size > 0
+    drawn = np.concatenate([b.negatives.numpy() for b in loader.epoch(0)])
+    assert not np.isin(drawn, held_out_only).any()
+    # Uniform loaders report the same counts (the trainer uses them for in-batch logQ).
+    np.testing.assert_array_equal(BatchLoader(data, n_negatives=5).train_item_counts, counts)
+
+
+def test_explicit_item_counts_override_the_training_counts():
+    # One session; item 9 is its held-out last play. The explicit counts put all mass
+    # on items 5..8, which never occur in the data.
+    counts = np.zeros(12, np.uint64)
+    counts[5:9] = [1, 1, 1, 5]
+    kwargs = dict(
+        offsets=[0, 4], items=[2, 3, 4, 9], skips=[0, 1, 0, 0], train_end=[3], vocab_size=12,
+        seq_len=4, n_negatives=4, distribution="popularity",
+    )
+    loader = BatchLoader(**kwargs, item_counts=counts)
+    assert loader.train_item_counts.tolist() == [0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+    (batch,) = loader.epoch(0)
+    order = np.argsort(batch.negatives.numpy())
+    assert batch.negatives.numpy()[order].tolist() == [5, 6, 7, 8]
+    np.testing.assert_allclose(batch.neg_logq.numpy()[order], np.log([1 / 8, 1 / 8, 1 / 8, 5 / 8]), rtol=1e-6)
+    # Without them, only the training plays 2, 3, 4 could be drawn, and the batch holds them all.
+    with pytest.raises(ValueError, match=r"n_negatives = 4 is more than the 3 items the sampler can draw"):
+        BatchLoader(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"seq_len": 2**62}, r"batch_size \* seq_len = 256 \* 4611686018427387904 = \d+ positions per batch "
+         r"is too many \(at most 2\^26 = 67108864, about 600 MB of buffers\); lower batch_size or seq_len"),
+        ({"seq_len": 2**36}, r"256 \* 68719476736 = 17592186044416 positions per batch is too many"),
+        ({"seq_len": 1}, r"seq_len must be at least 2 \(inputs x\[:, :-1\] and targets x\[:, 1:\]\), got 1"),
+        ({"prefetch": 0}, "prefetch must be between 1 and 64 batches, got 0"),
+        ({"prefetch": 65}, "prefetch must be between 1 and 64 batches, got 65"),
+        ({"n_negatives": 9}, r"n_negatives = 9 is more than the 8 items the sampler can draw"),
+        ({"vocab_size": 2**40}, "vocab_size must be between 3 and 4294967295"),
+    ],
+)
+def test_impossible_shapes_fail_at_construction(options, message):
+    kwargs = dict(offsets=[0, 3], items=[2, 3, 4], skips=[0, 0, 0], train_end=[3], vocab_size=10, n_negatives=2)
+    with pytest.raises(ValueError, match=message):
+        BatchLoader(**(kwargs | options))
+
+
+def two_batch_loader(n_negatives: int) -> BatchLoader:
+    """Batch 0 holds ids {2, 3}, batch 1 ids {4..9}, from a catalogue of ids 2..11."""
+    return BatchLoader(
+        offsets=[0, 2, 4, 10, 12], items=[2, 3, 3, 2, 4, 5, 6, 7, 8, 9, 4, 5], skips=[0] * 12,
+        train_end=[2, 2, 6, 2], vocab_size=12, batch_size=2, seq_len=6, n_negatives=n_negatives,
+        shuffle=False,
+    )
+
+
+def test_a_batch_that_cannot_get_its_negatives_raises_not_a_short_epoch():
+    assert len(list(two_batch_loader(4).epoch(0))) == 2
+    loader = two_batch_loader(6)
+    assert len(loader) == 2
+    epoch = loader.epoch(3)
+    assert next(epoch).negatives.shape == (6,)
+    message = (
+        r"^epoch 3, batch 1: cannot draw 6 distinct negatives: only 4 items are allowed \(10 catalogue "
+        r"items \(vocab_size 12 minus 2 reserved ids\) minus 6 in the batch\); lower the number of "
+        r"negatives or the batch size$"
+    )
+    with pytest.raises(ValueError, match=message):
+        next(epoch)
+    with pytest.raises(StopIteration):
+        next(epoch)
+    with pytest.raises(ValueError, match=message.replace("epoch 3", "epoch 0")):
+        list(loader.epoch(0))

@@ -102,11 +102,15 @@ class BatchLoader:
     def __len__(self) -> int: ...
     @property
     def n_examples(self) -> int: ...
+    @property
+    def train_item_counts(self) -> npt.NDArray[np.uint64]:
+        """Read-only plays of each id before train_end; popularity uses them unless item_counts is given."""
     def shard(self, epoch: int) -> npt.NDArray[np.uint32]: ...
     def epoch(self, epoch: int, start_batch: int = 0) -> EpochIterator: ...
 
 class EpochIterator:
-    """Yields (items int64[B,L], skips bool[B,L], negatives int64[K], neg_logq float32[K], sessions int64[B])."""
+    """Yields (items int64[B,L], skips bool[B,L], negatives int64[K], neg_logq float32[K], sessions int64[B]);
+    all batches of the epoch, or ValueError (a batch cannot be built) / RuntimeError (the thread failed)."""
 
     def __iter__(self) -> EpochIterator: ...
     def __next__(

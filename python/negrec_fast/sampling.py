@@ -116,12 +116,20 @@ class NegativeSampler:
 class BatchLoader:
     """Epochs of training batches from a session dataset, prefetched by a Rust thread.
 
-    `data` is any object with ``offsets``, ``items``, ``skips``, ``train_end``,
-    ``vocab_size`` (and ``item_counts`` for the popularity distribution), such as
-    `negrec_fast.data.SessionDataset`; or pass those arrays as keywords. Each example is
-    the last `seq_len` training plays of a session with ``train_end >= 2``, left-padded.
-    With ``world_size > 1``, each rank gets every ``world_size``-th example of the shared
-    epoch order; under ``drop_last`` every rank gets the same number of full batches.
+    `data` is any object with ``offsets``, ``items``, ``skips``, ``train_end`` and
+    ``vocab_size``, such as `negrec_fast.data.SessionDataset`; or pass those arrays as
+    keywords. Each example is the last `seq_len` training plays of a session with
+    ``train_end >= 2``, left-padded. With ``world_size > 1``, each rank gets every
+    ``world_size``-th example of the shared epoch order; under ``drop_last`` every rank
+    gets the same number of full batches.
+
+    The popularity distribution uses `train_item_counts` (plays before ``train_end``, so
+    held-out targets do not shape the negatives) unless `item_counts` is given.
+    Limits, checked here: ``seq_len >= 2``, ``batch_size * seq_len <= 2**26``,
+    ``1 <= prefetch <= 64``, `n_negatives` at most the drawable items. An epoch either
+    yields all its batches or raises from ``next()`` (ValueError when a batch cannot be
+    built, e.g. too few items outside it for `n_negatives`; RuntimeError if the
+    background thread fails), naming epoch and batch.
     """
 
     def __init__(
@@ -152,8 +160,6 @@ class BatchLoader:
                 if arrays[name] is None:
                     arrays[name] = getattr(data, name)
             vocab_size = data.vocab_size if vocab_size is None else vocab_size
-            if item_counts is None and distribution == "popularity":
-                item_counts = data.item_counts
         missing = [name for name, value in arrays.items() if value is None]
         if missing or vocab_size is None:
             raise ValueError(
@@ -191,6 +197,13 @@ class BatchLoader:
     def n_examples(self) -> int:
         """Training examples over all ranks."""
         return self._core.n_examples
+
+    @property
+    def train_item_counts(self) -> np.ndarray:
+        """Plays of each id before ``train_end`` (skipped ones included), read-only uint64
+        [vocab_size], reserved ids 0: the training popularity, e.g. for the logQ
+        correction of in-batch candidates."""
+        return self._core.train_item_counts
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         """The batches of `epoch` from `start_batch` on (resuming gives the same batches)."""

@@ -6,6 +6,9 @@
 //! `(seed, epoch, rank, batch_index)`. Batches are thus the same whatever the prefetch depth
 //! and wherever an epoch is resumed.
 
+use std::fmt;
+use std::ops::Range;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -13,10 +16,16 @@ use crossbeam_channel::{bounded, Receiver};
 
 use crate::error::{Error, Result};
 use crate::sampler::rng::Rng;
-use crate::sampler::{NegativeSampler, Scratch, N_RESERVED};
+use crate::sampler::{check_vocab_size, NegativeSampler, Scratch, N_RESERVED};
 
 /// Stream tag of the epoch permutation.
 const STREAM_SHUFFLE: u64 = 0x7368_7566_666c_6521;
+
+/// Most positions (`batch_size * seq_len`) in one batch: 2^26, about 600 MB of buffers.
+pub const MAX_BATCH_POSITIONS: usize = 1 << 26;
+
+/// Most batches the background thread may build ahead.
+pub const MAX_PREFETCH: usize = 64;
 
 /// Sessions in CSR form: session `s` holds plays `offsets[s]..offsets[s + 1]`, of which
 /// `[0, train_end[s])` are for training.
@@ -36,6 +45,7 @@ impl Sessions {
         train_end: Vec<i32>,
         vocab_size: usize,
     ) -> Result<Self> {
+        check_vocab_size(vocab_size)?;
         let bad = |message: String| Err(Error::Config(message));
         if offsets.len() != train_end.len() + 1 {
             return bad(format!(
@@ -91,6 +101,26 @@ impl Sessions {
 
     pub fn len(&self) -> usize {
         self.train_end.len()
+    }
+
+    /// Plays of each id among the training plays (positions `< train_end`), skipped ones
+    /// included; `vocab_size` entries, reserved ids 0. Held-out targets are not counted,
+    /// so a popularity distribution built from these does not leak them.
+    pub fn train_item_counts(&self, vocab_size: usize) -> Result<Vec<u64>> {
+        let mut counts = Vec::new();
+        counts.try_reserve_exact(vocab_size).map_err(|_| {
+            Error::Config(format!(
+                "cannot allocate item counts for vocab_size = {vocab_size}"
+            ))
+        })?;
+        counts.resize(vocab_size, 0);
+        for (s, &end) in self.train_end.iter().enumerate() {
+            let start = self.offsets[s] as usize;
+            for &id in &self.items[start..start + end as usize] {
+                counts[id as usize] += 1;
+            }
+        }
+        Ok(counts)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -154,6 +184,56 @@ struct Inner {
     config: LoaderConfig,
 }
 
+/// Rejects shapes that cannot work before any thread or buffer exists: `batch_size >= 1`,
+/// `seq_len >= 2` (inputs `x[:, :-1]`, targets `x[:, 1:]`), `batch_size * seq_len <=`
+/// [`MAX_BATCH_POSITIONS`], `1 <= prefetch <=` [`MAX_PREFETCH`], `rank < world_size` and
+/// `n_negatives` at most the items the sampler can draw.
+fn check_config(c: &LoaderConfig, sampler: &NegativeSampler) -> Result<()> {
+    let bad = |message: String| Err(Error::Config(message));
+    if c.batch_size == 0 {
+        return bad("batch_size must be at least 1, got 0".into());
+    }
+    if c.seq_len < 2 {
+        return bad(format!(
+            "seq_len must be at least 2 (inputs x[:, :-1] and targets x[:, 1:]), got {}",
+            c.seq_len
+        ));
+    }
+    let positions = c.batch_size as u128 * c.seq_len as u128;
+    if positions > MAX_BATCH_POSITIONS as u128 {
+        return bad(format!(
+            "batch_size * seq_len = {} * {} = {positions} positions per batch is too many \
+             (at most 2^26 = {MAX_BATCH_POSITIONS}, about 600 MB of buffers); lower batch_size or seq_len",
+            c.batch_size, c.seq_len
+        ));
+    }
+    if !(1..=MAX_PREFETCH).contains(&c.prefetch) {
+        return bad(format!(
+            "prefetch must be between 1 and {MAX_PREFETCH} batches, got {}",
+            c.prefetch
+        ));
+    }
+    if c.world_size == 0 {
+        return bad("world_size must be at least 1, got 0".into());
+    }
+    if c.rank >= c.world_size {
+        return bad(format!(
+            "rank must be in [0, world_size = {}), got {}",
+            c.world_size, c.rank
+        ));
+    }
+    if c.n_negatives > sampler.n_sampleable() {
+        return bad(format!(
+            "n_negatives = {} is more than the {} items the sampler can draw \
+             (vocab_size {} minus reserved ids and items of count 0)",
+            c.n_negatives,
+            sampler.n_sampleable(),
+            sampler.vocab_size()
+        ));
+    }
+    Ok(())
+}
+
 /// Epoch iterator factory over a fixed set of sessions.
 #[derive(Clone)]
 pub struct BatchLoader {
@@ -161,23 +241,9 @@ pub struct BatchLoader {
 }
 
 impl BatchLoader {
+    /// Checks `config` against the limits (see [`check_config`]) and the sampler.
     pub fn new(sessions: Sessions, sampler: NegativeSampler, config: LoaderConfig) -> Result<Self> {
-        let c = &config;
-        let positive = [
-            ("batch_size", c.batch_size),
-            ("seq_len", c.seq_len),
-            ("world_size", c.world_size),
-            ("prefetch", c.prefetch),
-        ];
-        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(Error::Config(format!("{name} must be at least 1, got 0")));
-        }
-        if c.rank >= c.world_size {
-            return Err(Error::Config(format!(
-                "rank must be in [0, world_size = {}), got {}",
-                c.world_size, c.rank
-            )));
-        }
+        check_config(&config, &sampler)?;
         let examples = (0..sessions.len() as u32)
             .filter(|&s| sessions.train_end[s as usize] >= 2)
             .collect();
@@ -250,27 +316,17 @@ impl BatchLoader {
                 "start_batch = {start_batch} is past the end of the epoch ({n_batches} batches)"
             )));
         }
-        let (tx, rx) = bounded(self.inner.config.prefetch);
         let loader = self.clone();
-        let worker = std::thread::Builder::new()
-            .name("negrec-batches".into())
-            .spawn(move || {
-                let shard = loader.shard(epoch);
-                let mut scratch = Scratch::default();
-                for b in start_batch..n_batches {
-                    let batch = loader.inner.build(&shard, epoch, b, &mut scratch);
-                    let failed = batch.is_err();
-                    if tx.send(batch).is_err() || failed {
-                        break; // consumer gone, or the error was delivered
-                    }
-                }
-            })
-            .map_err(|e| Error::Config(format!("cannot start the batch thread: {e}")))?;
-        Ok(EpochIter {
-            rx: Some(rx),
-            worker: Some(worker),
-            remaining: n_batches - start_batch,
-        })
+        let (mut shard, mut scratch) = (None, Scratch::default());
+        EpochIter::spawn(
+            epoch,
+            start_batch..n_batches,
+            self.inner.config.prefetch,
+            move |b| {
+                let shard = shard.get_or_insert_with(|| loader.shard(epoch));
+                loader.inner.build(shard, epoch, b, &mut scratch)
+            },
+        )
     }
 }
 
@@ -297,7 +353,7 @@ impl Inner {
             }
         }
         let k = self.config.n_negatives;
-        let (mut negatives, mut neg_logq) = (Vec::with_capacity(k), Vec::with_capacity(k));
+        let (mut negatives, mut neg_logq) = (Vec::new(), Vec::new());
         let mut rng = self
             .sampler
             .batch_rng(epoch, self.config.rank as u64, b as u64);
@@ -316,45 +372,141 @@ impl Inner {
     }
 }
 
-/// The batches of one epoch, as the background thread delivers them.
+/// Why an epoch stopped before its last batch.
+#[derive(Debug)]
+pub enum EpochError {
+    /// A batch could not be built, e.g. too few items left to draw the negatives from.
+    Build(Error),
+    /// The background thread panicked or ended early (a bug, not a bad argument).
+    Worker(String),
+}
+
+impl fmt::Display for EpochError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EpochError::Build(e) => write!(f, "{e}"),
+            EpochError::Worker(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for EpochError {}
+
+/// The batches of one epoch, as the background thread delivers them. Either all of them
+/// come out, or an [`EpochError`] naming the epoch and batch ends the iteration.
 pub struct EpochIter {
-    rx: Option<Receiver<Result<Batch>>>,
+    rx: Option<Receiver<std::result::Result<Batch, EpochError>>>,
     worker: Option<JoinHandle<()>>,
+    epoch: u64,
+    /// Index of the next batch to return.
+    next_batch: usize,
     remaining: usize,
 }
 
 impl EpochIter {
+    /// Runs `build(b)` for each batch index of `batches` on a new thread, at most
+    /// `prefetch` ahead of the consumer. The first error or panic is delivered in place
+    /// of its batch and ends the thread.
+    fn spawn<F>(epoch: u64, batches: Range<usize>, prefetch: usize, mut build: F) -> Result<Self>
+    where
+        F: FnMut(usize) -> Result<Batch> + Send + 'static,
+    {
+        let (tx, rx) = bounded(prefetch);
+        let (next_batch, remaining) = (batches.start, batches.len());
+        let worker = std::thread::Builder::new()
+            .name("negrec-batches".into())
+            .spawn(move || {
+                for b in batches {
+                    let batch = match catch_unwind(AssertUnwindSafe(|| build(b))) {
+                        Ok(Ok(batch)) => Ok(batch),
+                        Ok(Err(e)) => Err(EpochError::Build(e)),
+                        Err(panic) => Err(EpochError::Worker(format!(
+                            "epoch {epoch}, batch {b}: the batch thread panicked: {}",
+                            panic_message(&*panic)
+                        ))),
+                    };
+                    let failed = batch.is_err();
+                    if tx.send(batch).is_err() || failed {
+                        break; // consumer gone, or the error was delivered
+                    }
+                }
+            })
+            .map_err(|e| Error::Config(format!("cannot start the batch thread: {e}")))?;
+        Ok(EpochIter {
+            rx: Some(rx),
+            worker: Some(worker),
+            epoch,
+            next_batch,
+            remaining,
+        })
+    }
+
     /// Batches not yet returned.
     pub fn remaining(&self) -> usize {
         self.remaining
     }
+
+    /// Closes the channel and waits for the thread; its panic message if it panicked.
+    fn stop(&mut self) -> Option<String> {
+        // Closing the channel makes the worker's next send fail, so it stops after at
+        // most the batch it is building.
+        drop(self.rx.take());
+        self.remaining = 0;
+        let worker = self.worker.take()?;
+        worker.join().err().map(|panic| panic_message(&*panic))
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 impl Iterator for EpochIter {
-    type Item = Result<Batch>;
+    type Item = std::result::Result<Batch, EpochError>;
 
-    fn next(&mut self) -> Option<Result<Batch>> {
-        let batch = self.rx.as_ref()?.recv().ok();
-        match &batch {
-            Some(Ok(_)) => self.remaining -= 1,
-            _ => self.remaining = 0,
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            self.stop();
+            return None;
         }
-        batch
+        let received = self.rx.as_ref()?.recv();
+        match received {
+            Ok(Ok(batch)) => {
+                self.remaining -= 1;
+                self.next_batch += 1;
+                Some(Ok(batch))
+            }
+            Ok(Err(e)) => {
+                self.stop();
+                Some(Err(e))
+            }
+            Err(_) => {
+                // The thread ended without sending every batch: never a short epoch.
+                let (epoch, b, left) = (self.epoch, self.next_batch, self.remaining);
+                let why = self
+                    .stop()
+                    .unwrap_or_else(|| "it stopped without an error".into());
+                Some(Err(EpochError::Worker(format!(
+                    "epoch {epoch}, batch {b}: the batch thread ended with {left} batches \
+                     still to deliver: {why}"
+                ))))
+            }
+        }
     }
 
+    /// At most the batches left; fewer when an error ends the epoch.
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.remaining, Some(self.remaining))
+        (self.remaining.min(1), Some(self.remaining))
     }
 }
 
 impl Drop for EpochIter {
     fn drop(&mut self) {
-        // Closing the channel makes the worker's next send fail, so it stops after at
-        // most the batch it is building.
-        drop(self.rx.take());
-        if let Some(worker) = self.worker.take() {
-            let _ = worker.join();
-        }
+        self.stop();
     }
 }
 
@@ -556,6 +708,50 @@ mod tests {
             first.starts_with("epoch 0, batch 0: cannot draw 37 distinct negatives"),
             "{first}"
         );
+        let limits = [
+            (
+                LoaderConfig {
+                    seq_len: 1 << 62,
+                    batch_size: 256,
+                    ..small()
+                },
+                "batch_size * seq_len = 256 * 4611686018427387904 = 1180591620717411303424 \
+                 positions per batch is too many (at most 2^26 = 67108864, about 600 MB of \
+                 buffers); lower batch_size or seq_len",
+            ),
+            (
+                LoaderConfig {
+                    seq_len: 1,
+                    ..small()
+                },
+                "seq_len must be at least 2 (inputs x[:, :-1] and targets x[:, 1:]), got 1",
+            ),
+            (
+                LoaderConfig {
+                    prefetch: 65,
+                    ..small()
+                },
+                "prefetch must be between 1 and 64 batches, got 65",
+            ),
+            (
+                LoaderConfig {
+                    prefetch: 0,
+                    ..small()
+                },
+                "prefetch must be between 1 and 64 batches, got 0",
+            ),
+            (
+                LoaderConfig {
+                    n_negatives: 39,
+                    ..small()
+                },
+                "n_negatives = 39 is more than the 38 items the sampler can draw \
+                 (vocab_size 40 minus reserved ids and items of count 0)",
+            ),
+        ];
+        for (config, expected) in limits {
+            assert_eq!(err(config), expected);
+        }
         assert!(loader(small())
             .epoch(0, 99)
             .err()
@@ -575,5 +771,111 @@ mod tests {
         assert!(bad
             .to_string()
             .starts_with("offsets[2] = 1 is smaller than offsets[1] = 2"));
+    }
+
+    fn drain(it: EpochIter) -> Vec<std::result::Result<Batch, EpochError>> {
+        it.collect()
+    }
+
+    fn empty_batch(b: usize) -> Batch {
+        Batch {
+            rows: b,
+            seq_len: 0,
+            items: vec![],
+            skips: vec![],
+            negatives: vec![],
+            neg_logq: vec![],
+            sessions: vec![],
+        }
+    }
+
+    #[test]
+    fn a_panic_in_the_batch_thread_is_an_error_not_a_short_epoch() {
+        let it = EpochIter::spawn(5, 0..4, 1, |b| {
+            if b == 2 {
+                panic!("boom at {b}");
+            }
+            Ok(empty_batch(b))
+        })
+        .unwrap();
+        let out = drain(it);
+        assert_eq!(out.len(), 3, "two batches, then the error, then the end");
+        assert_eq!(out[1].as_ref().unwrap().rows, 1);
+        assert_eq!(
+            out[2].as_ref().unwrap_err().to_string(),
+            "epoch 5, batch 2: the batch thread panicked: boom at 2"
+        );
+    }
+
+    #[test]
+    fn a_thread_that_ends_early_is_an_error() {
+        // A worker that sends one of three batches and returns (any way a thread could end
+        // without reporting): the consumer gets an error at batch 1, not the end of the epoch.
+        let (tx, rx) = bounded(4);
+        let worker = std::thread::spawn(move || tx.send(Ok(empty_batch(0))).unwrap());
+        let it = EpochIter {
+            rx: Some(rx),
+            worker: Some(worker),
+            epoch: 7,
+            next_batch: 0,
+            remaining: 3,
+        };
+        let out = drain(it);
+        assert_eq!(out.len(), 2);
+        assert_eq!(
+            out[1].as_ref().unwrap_err().to_string(),
+            "epoch 7, batch 1: the batch thread ended with 2 batches still to deliver: \
+             it stopped without an error"
+        );
+    }
+
+    /// Batch 0 holds ids {2, 3}, batch 1 ids {4..=9}, in a catalogue of ids 2..12.
+    fn two_batches(n_negatives: usize) -> BatchLoader {
+        let items = vec![2, 3, 3, 2, 4, 5, 6, 7, 8, 9, 4, 5];
+        let sessions = Sessions::new(
+            vec![0, 2, 4, 10, 12],
+            items,
+            vec![0; 12],
+            vec![2, 2, 6, 2],
+            12,
+        )
+        .unwrap();
+        let sampler = NegativeSampler::new(12, Distribution::Uniform, None, 0).unwrap();
+        let config = LoaderConfig {
+            batch_size: 2,
+            seq_len: 6,
+            n_negatives,
+            shuffle: false,
+            ..Default::default()
+        };
+        BatchLoader::new(sessions, sampler, config).unwrap()
+    }
+
+    #[test]
+    fn a_batch_without_enough_negatives_ends_the_epoch_with_its_error() {
+        let out = drain(two_batches(6).epoch(0, 0).unwrap());
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].as_ref().unwrap().negatives.len(), 6);
+        assert_eq!(
+            out[1].as_ref().unwrap_err().to_string(),
+            "epoch 0, batch 1: cannot draw 6 distinct negatives: only 4 items are allowed \
+             (10 catalogue items (vocab_size 12 minus 2 reserved ids) minus 6 in the batch); \
+             lower the number of negatives or the batch size"
+        );
+        assert_eq!(drain(two_batches(4).epoch(0, 0).unwrap()).len(), 2);
+    }
+
+    #[test]
+    fn train_counts_leave_out_plays_at_and_after_train_end() {
+        // Session 0 trains on [2, 3] (4 is held out), session 1 on nothing, session 2 whole.
+        let s = Sessions::new(
+            vec![0, 3, 5, 7],
+            vec![2, 3, 4, 4, 5, 3, 3],
+            vec![0, 1, 0, 0, 0, 1, 0],
+            vec![2, 0, 2],
+            7,
+        )
+        .unwrap();
+        assert_eq!(s.train_item_counts(7).unwrap(), vec![0, 0, 1, 3, 0, 0, 0]);
     }
 }

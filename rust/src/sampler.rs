@@ -87,13 +87,7 @@ impl NegativeSampler {
         item_counts: Option<&[u64]>,
         seed: u64,
     ) -> Result<Self> {
-        if vocab_size <= N_RESERVED as usize || vocab_size > u32::MAX as usize {
-            return Err(Error::Config(format!(
-                "vocab_size must be between {} and {} (the {N_RESERVED} reserved ids plus at least one item), got {vocab_size}",
-                N_RESERVED + 1,
-                u32::MAX
-            )));
-        }
+        check_vocab_size(vocab_size)?;
         let n_real = vocab_size - N_RESERVED as usize;
         let (table, n_positive) = match distribution {
             Distribution::Uniform => (
@@ -125,6 +119,12 @@ impl NegativeSampler {
 
     pub fn vocab_size(&self) -> usize {
         self.vocab_size as usize
+    }
+
+    /// Ids that can be drawn at all (real items of positive probability): the most
+    /// negatives one call can return, before excluding a batch's items.
+    pub fn n_sampleable(&self) -> usize {
+        self.n_positive
     }
 
     /// Log-probability of each id under the sampling distribution (`-inf` for reserved ids
@@ -176,7 +176,7 @@ impl NegativeSampler {
         batch_index: u64,
     ) -> Result<(Vec<i64>, Vec<f32>)> {
         let mut scratch = Scratch::default();
-        let (mut ids, mut logq) = (Vec::with_capacity(k), Vec::with_capacity(k));
+        let (mut ids, mut logq) = (Vec::new(), Vec::new());
         let mut rng = self.batch_rng(epoch, rank, batch_index);
         self.sample_into(exclude, k, &mut rng, &mut scratch, &mut ids, &mut logq)?;
         Ok((ids, logq))
@@ -199,6 +199,11 @@ impl NegativeSampler {
     ) -> Result<()> {
         ids.clear();
         logq.clear();
+        if k > self.n_positive {
+            return Err(self.too_many(k, self.n_positive, 0));
+        }
+        ids.reserve(k);
+        logq.reserve(k);
         let words = (self.vocab_size as usize).div_ceil(64);
         if scratch.bits.len() != words {
             scratch.bits = vec![0; words];
@@ -222,11 +227,7 @@ impl NegativeSampler {
                     .count();
             if k > n_allowed {
                 clear(scratch, exclude, &[]);
-                return Err(Error::Config(format!(
-                    "cannot draw {k} distinct negatives: only {n_allowed} items are allowed \
-                     ({} sampleable items minus those in the batch)",
-                    self.n_positive
-                )));
+                return Err(self.too_many(k, n_allowed, self.n_positive - n_allowed));
             }
         }
         let budget = 32 * k + 4096;
@@ -250,6 +251,22 @@ impl NegativeSampler {
         logq.extend(ids.iter().map(|&id| self.logq(id as u32)));
         clear(scratch, exclude, ids);
         Ok(())
+    }
+
+    /// The error for `k` negatives when only `n_allowed` ids may be drawn, `n_in_batch`
+    /// sampleable ones being excluded as the batch's own items.
+    fn too_many(&self, k: usize, n_allowed: usize, n_in_batch: usize) -> Error {
+        let n_real = self.vocab_size as usize - N_RESERVED as usize;
+        let never = match n_real - self.n_positive {
+            0 => String::new(),
+            n => format!(" minus {n} never drawn (count 0)"),
+        };
+        Error::Config(format!(
+            "cannot draw {k} distinct negatives: only {n_allowed} items are allowed \
+             ({n_real} catalogue items (vocab_size {} minus {N_RESERVED} reserved ids){never} \
+             minus {n_in_batch} in the batch); lower the number of negatives or the batch size",
+            self.vocab_size
+        ))
     }
 
     /// Appends `m` more ids drawn without replacement from the unmarked, sampleable ids,
@@ -285,6 +302,18 @@ fn clear(scratch: &mut Scratch, exclude: &[i64], drawn: &[i64]) {
     for &id in exclude.iter().chain(drawn) {
         scratch.bits[(id as u64 >> 6) as usize] = 0;
     }
+}
+
+/// `vocab_size` counts the reserved ids and at least one item, and fits item ids in u32.
+pub fn check_vocab_size(vocab_size: usize) -> Result<()> {
+    if vocab_size <= N_RESERVED as usize || vocab_size > u32::MAX as usize {
+        return Err(Error::Config(format!(
+            "vocab_size must be between {} and {} (the {N_RESERVED} reserved ids plus at least one item), got {vocab_size}",
+            N_RESERVED + 1,
+            u32::MAX
+        )));
+    }
+    Ok(())
 }
 
 fn check_ids(ids: &[i64], vocab_size: u32, what: &str) -> Result<()> {
@@ -431,15 +460,28 @@ mod tests {
             .sample(&[3], n_positive, 0, 0, 0)
             .unwrap_err()
             .to_string();
-        assert!(
-            err.contains(&format!(
-                "cannot draw {n_positive} distinct negatives: only {} items",
-                n_positive - 1
-            )),
-            "{err}"
+        assert_eq!(n_positive, 84);
+        assert_eq!(
+            err,
+            "cannot draw 84 distinct negatives: only 83 items are allowed (98 catalogue items \
+             (vocab_size 100 minus 2 reserved ids) minus 14 never drawn (count 0) minus 1 in the \
+             batch); lower the number of negatives or the batch size"
         );
         // The scratch state was restored after the error: the next call still sees everything.
         assert!(pop.sample(&[], n_positive, 0, 0, 1).is_ok());
+        // More than the whole catalogue fails before allocating anything, whatever k.
+        let uniform = NegativeSampler::new(10, Distribution::Uniform, None, 0).unwrap();
+        assert_eq!(uniform.n_sampleable(), 8);
+        for k in [9, usize::MAX] {
+            let err = uniform.sample(&[], k, 0, 0, 0).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!(
+                    "cannot draw {k} distinct negatives: only 8 items are allowed \
+                     (8 catalogue items (vocab_size 10 minus 2 reserved ids) minus 0 in the batch)"
+                )),
+                "{err}"
+            );
+        }
     }
 
     #[test]

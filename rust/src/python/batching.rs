@@ -7,11 +7,11 @@ use std::sync::Mutex;
 
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArrayDyn};
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
 use super::to_py_err;
-use crate::batching::{Batch, BatchLoader, EpochIter, LoaderConfig, Sessions};
+use crate::batching::{Batch, BatchLoader, EpochError, EpochIter, LoaderConfig, Sessions};
 use crate::sampler::{Distribution, NegativeSampler, Scratch};
 
 fn slice<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
@@ -27,15 +27,11 @@ fn build_sampler(
     vocab_size: usize,
     distribution: &str,
     alpha: f64,
-    item_counts: Option<PyReadonlyArray1<'_, u64>>,
+    item_counts: Option<&[u64]>,
     seed: u64,
 ) -> PyResult<NegativeSampler> {
     let dist = Distribution::parse(distribution, alpha).map_err(to_py_err)?;
-    let counts = match &item_counts {
-        Some(c) => Some(slice(c, "item_counts")?),
-        None => None,
-    };
-    NegativeSampler::new(vocab_size, dist, counts, seed).map_err(to_py_err)
+    NegativeSampler::new(vocab_size, dist, item_counts, seed).map_err(to_py_err)
 }
 
 /// Draws K distinct negatives per batch, keyed by (seed, epoch, rank, batch_index).
@@ -56,7 +52,11 @@ impl PyNegativeSampler {
         item_counts: Option<PyReadonlyArray1<'_, u64>>,
         seed: u64,
     ) -> PyResult<Self> {
-        let inner = build_sampler(vocab_size, distribution, alpha, item_counts, seed)?;
+        let counts = match &item_counts {
+            Some(c) => Some(slice(c, "item_counts")?),
+            None => None,
+        };
+        let inner = build_sampler(vocab_size, distribution, alpha, counts, seed)?;
         Ok(PyNegativeSampler {
             inner,
             scratch: Mutex::new(Scratch::default()),
@@ -81,7 +81,7 @@ impl PyNegativeSampler {
         batch_index: u64,
     ) -> PyResult<(Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<f32>>)> {
         let exclude = slice(&exclude, "exclude")?;
-        let (mut ids, mut logq) = (Vec::with_capacity(k), Vec::with_capacity(k));
+        let (mut ids, mut logq) = (Vec::new(), Vec::new());
         let mut rng = self.inner.batch_rng(epoch, rank, batch_index);
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         self.inner
@@ -108,6 +108,8 @@ impl PyNegativeSampler {
 #[pyclass(module = "negrec_fast._core", name = "BatchLoader", frozen)]
 struct PyBatchLoader {
     inner: BatchLoader,
+    /// Read-only uint64 [vocab_size]: plays of each id before `train_end`.
+    train_item_counts: Py<PyArray1<u64>>,
 }
 
 #[pymethods]
@@ -139,16 +141,27 @@ impl PyBatchLoader {
         drop_last: bool,
         prefetch: usize,
     ) -> PyResult<Self> {
-        let sampler = build_sampler(vocab_size, distribution, alpha, item_counts, seed)?;
         let (o, i, s, t) = (
             slice(&offsets, "offsets")?,
             slice(&items, "items")?,
             slice(&skips, "skips")?,
             slice(&train_end, "train_end")?,
         );
-        let sessions = py
-            .detach(|| Sessions::new(o.to_vec(), i.to_vec(), s.to_vec(), t.to_vec(), vocab_size))
+        let (sessions, train_counts) = py
+            .detach(|| {
+                let sessions =
+                    Sessions::new(o.to_vec(), i.to_vec(), s.to_vec(), t.to_vec(), vocab_size)?;
+                let counts = sessions.train_item_counts(vocab_size)?;
+                Ok((sessions, counts))
+            })
             .map_err(to_py_err)?;
+        // Popularity without explicit counts uses the training plays only, so that
+        // held-out targets do not shape the negatives.
+        let counts = match &item_counts {
+            Some(c) => slice(c, "item_counts")?,
+            None => &train_counts,
+        };
+        let sampler = build_sampler(vocab_size, distribution, alpha, Some(counts), seed)?;
         let config = LoaderConfig {
             batch_size,
             seq_len,
@@ -161,7 +174,19 @@ impl PyBatchLoader {
             prefetch,
         };
         let inner = BatchLoader::new(sessions, sampler, config).map_err(to_py_err)?;
-        Ok(PyBatchLoader { inner })
+        let train_item_counts = train_counts.into_pyarray(py);
+        train_item_counts.call_method1("setflags", (false,))?;
+        Ok(PyBatchLoader {
+            inner,
+            train_item_counts: train_item_counts.unbind(),
+        })
+    }
+
+    /// Plays of each id among the training plays (before `train_end`), uint64
+    /// [vocab_size], read-only; reserved ids 0.
+    #[getter]
+    fn train_item_counts<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
+        self.train_item_counts.bind(py).clone()
     }
 
     /// Batches per epoch for this rank.
@@ -233,7 +258,10 @@ impl PyEpochIterator {
             Some(Ok(batch)) => Ok(Some(to_numpy(py, batch)?)),
             Some(Err(e)) => {
                 self.close(py);
-                Err(to_py_err(e))
+                Err(match e {
+                    EpochError::Build(e) => to_py_err(e),
+                    EpochError::Worker(message) => PyRuntimeError::new_err(message),
+                })
             }
             None => {
                 self.close(py);
