@@ -47,12 +47,21 @@ def test_round_trip_through_toml(tmp_path):
         (["eval.ks=[0]"], "eval.ks must be a non-empty list of positive integers"),
         (["eval.ks=[1.5]"], "eval.ks must be a list of int"),
         (["epochs=3"], "must look like section.key=value"),
+        (["loss.nce_weight=nan"], "loss.nce_weight must be a finite number, got nan"),
+        (["train.lr=inf"], "train.lr must be a finite number, got inf"),
+        (["train.seed=-1"], "train.seed must be in [0, 2**32), got -1"),
+        (["loss.alpha=-1"], "loss.alpha must be >= 0, got -1.0"),
+        (["train.prefetch=0"], "train.prefetch must be in [1, 64], got 0"),
     ],
 )
 def test_bad_configs_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, overrides)
     assert message in str(err.value)
+
+
+def test_skip_mrr_is_an_early_stopping_metric():
+    assert load_config(None, ["train.early_stopping_metric=skip_MRR@10"]).train.early_stopping_metric == "skip_MRR@10"
 
 
 def test_invalid_toml_names_the_file(tmp_path):

@@ -94,14 +94,18 @@ def test_resume_after_max_steps_matches_uninterrupted_run(dataset_dir, tmp_path)
     assert resumed.test == full.test
 
 
-def test_killed_run_resumes_to_the_same_metrics(dataset_dir, tmp_path):
+@pytest.mark.parametrize("checkpoint_every", [1, 0], ids=["mid-epoch-checkpoints", "epoch-checkpoints"])
+def test_killed_run_resumes_to_the_same_metrics(dataset_dir, tmp_path, checkpoint_every):
     reference = train(overrides=tiny(dataset_dir, tmp_path / "ref", "train.epochs=3"))
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "negrec_fast", "train", *tiny(dataset_dir, run, "train.epochs=3",
-                                                               "train.checkpoint_every=1")]
+    cmd = [sys.executable, "-m", "negrec_fast", "train",
+           *tiny(dataset_dir, run, "train.epochs=3", f"train.checkpoint_every={checkpoint_every}")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # with per-epoch checkpoints only, kill once epoch 1 is logged: the run is then mid-epoch 2
+    ready = (lambda: (run / "last.pt").exists()) if checkpoint_every else (
+        lambda: (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().count("\n") >= 1)
     deadline = time.monotonic() + 120
-    while not (run / "last.pt").exists():
+    while not ready():
         assert proc.poll() is None, proc.stderr.read().decode()
         assert time.monotonic() < deadline, "no checkpoint written in time"
         time.sleep(0.01)
@@ -120,7 +124,27 @@ def test_bad_config_fails_before_any_work(dataset_dir, tmp_path):
         train(overrides=tiny(dataset_dir, tmp_path / "bad", "train.lr=0"))
     with pytest.raises(ConfigError, match="is not a processed dataset folder"):
         train(overrides=tiny(tmp_path / "nowhere", tmp_path / "bad2"))
-    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad2").exists()
+    n_items = load_dataset(dataset_dir).n_items
+    with pytest.raises(ConfigError, match=rf"loss.n_negatives \({n_items}\) must be smaller than the catalogue \({n_items} items"):
+        train(overrides=tiny(dataset_dir, tmp_path / "bad3", f"loss.n_negatives={n_items}"))
+    with pytest.raises(ConfigError, match="eval.sampled_candidates"):
+        train(overrides=tiny(dataset_dir, tmp_path / "bad4", f"eval.sampled_candidates={n_items + 5}"))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("bad")]
+
+
+def test_resume_refuses_a_changed_dataset(dataset_dir, tmp_path):
+    part = train(overrides=tiny(dataset_dir, tmp_path / "part", "train.max_steps=2"))
+    info = json.loads((part.run_dir / "dataset.json").read_text())
+    (part.run_dir / "dataset.json").write_text(json.dumps({**info, "checksum": "0" * 64}))
+    with pytest.raises(ConfigError, match="changed since the run started"):
+        train(resume=part.run_dir)
+
+
+def test_early_stopping_on_skip_mrr_keeps_the_lowest(dataset_dir, tmp_path):
+    result = train(overrides=tiny(dataset_dir, tmp_path / "skip", "train.epochs=3",
+                                  "train.early_stopping_metric=skip_MRR@10"))
+    scores = [h["valid"]["skip_MRR@10"] for h in result.history]
+    assert result.best_epoch == 1 + scores.index(min(scores))
 
 
 @pytest.mark.parametrize("model", ["bert4rec", "gru4rec"])

@@ -50,7 +50,9 @@ class LossConfig:
     n_negatives: int = 1000  # K shared sampled negatives per batch
     sampling: str = "uniform"  # or "popularity" (count^alpha)
     alpha: float = 0.75
-    logq: bool = False  # logQ correction (sampled_softmax): subtract log expected count of each candidate
+    # logQ correction of sampled_softmax (no effect on the other losses): each candidate's logit
+    # minus the log of its expected count among the candidates (in-batch targets and negatives)
+    logq: bool = True
     temperature: float = 1.0
     gbce_t: float = 0.75
     nce_weight: float = 0.1  # lambda of the skip-InfoNCE term; 0 disables it
@@ -144,8 +146,10 @@ class Config:
         _positive("train.epochs", self.train.epochs)
         _positive("train.batch_size", self.train.batch_size)
         _positive("train.lr", self.train.lr)
-        for key in ("weight_decay", "grad_clip", "patience", "checkpoint_every", "max_steps", "prefetch"):
+        for key in ("weight_decay", "grad_clip", "patience", "checkpoint_every", "max_steps"):
             _non_negative(f"train.{key}", getattr(self.train, key))
+        if not 1 <= self.train.prefetch <= 64:
+            raise ConfigError(f"train.prefetch must be in [1, 64], got {self.train.prefetch}")
         if not self.eval.ks or any(k < 1 for k in self.eval.ks):
             raise ConfigError(f"eval.ks must be a non-empty list of positive integers, got {self.eval.ks}")
         _positive("eval.batch_size", self.eval.batch_size)
@@ -160,8 +164,6 @@ class Config:
         _seed("train.seed", self.train.seed)
         _seed("data.synthetic_seed", self.data.synthetic_seed)
         _non_negative("loss.alpha", self.loss.alpha)
-        if self.loss.logq and self.loss.rec != "sampled_softmax":
-            raise ConfigError(f"loss.logq applies to loss.rec='sampled_softmax' only, not {self.loss.rec!r}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -53,6 +53,8 @@ class Objective:
         else:
             inputs, input_skips = items[:, :-1], skips[:, :-1]
             targets, target_skips = items[:, 1:], skips[:, 1:]
+            # a session's first play has no context to be predicted from
+            targets = targets.masked_fill(inputs == 0, 0)
             hidden = model.encode(inputs)
         if self.cfg.skipped_targets == "ignore":
             targets = targets.masked_fill(target_skips, 0)

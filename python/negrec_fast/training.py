@@ -169,7 +169,7 @@ class Trainer:
             distribution=cfg.loss.sampling,
             alpha=cfg.loss.alpha,
             seed=cfg.train.seed,
-            prefetch=max(cfg.train.prefetch, 1),
+            prefetch=cfg.train.prefetch,
         )
         self.run_dir = run_dir or self._new_run_dir()
         _seed_everything(cfg.train.seed)
@@ -315,7 +315,6 @@ class Trainer:
                         self._save_last()
                 self.epoch_sums["seconds"] += time.perf_counter() - tic
             stopped = self._end_epoch()
-            self._save_last()
         test = self._final_test()
         return self._result(completed=True, test=test)
 
@@ -377,19 +376,21 @@ class Trainer:
         else:
             self.bad_epochs += 1
         self.history.append(record)
+        self.epoch += 1
+        self.batch = 0
+        self.epoch_sums = {"loss": 0.0, "rec": 0.0, "nce": 0.0, "batches": 0, "sequences": 0, "seconds": 0.0}
+        # checkpoint first: a run killed before the log line is rewritten from history on resume
+        self._save_last()
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
         if self.cfg.train.progress:
             print(
-                f"epoch {self.epoch + 1}: loss {record['train_loss']:.4f} (rec {record['rec_loss']:.4f}, "
+                f"epoch {record['epoch']}: loss {record['train_loss']:.4f} (rec {record['rec_loss']:.4f}, "
                 f"nce {record['nce_loss']:.4f}) | valid {metric} {score:.4f}, HR@10 {valid.get('HR@10', float('nan')):.4f}, "
                 f"skip_MRR@10 {valid.get('skip_MRR@10', float('nan')):.4f} | {record['seconds']:.1f}s"
                 + (" *" if improved else ""),
                 file=sys.stderr,
             )
-        self.epoch += 1
-        self.batch = 0
-        self.epoch_sums = {"loss": 0.0, "rec": 0.0, "nce": 0.0, "batches": 0, "sequences": 0, "seconds": 0.0}
         patience = self.cfg.train.patience
         return bool(patience and self.bad_epochs >= patience)
 
