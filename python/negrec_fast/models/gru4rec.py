@@ -33,11 +33,6 @@ class GRU4Rec(SequentialModel):
             d_model, d_model, n_layers, batch_first=True, dropout=dropout if n_layers > 1 else 0.0
         )
 
-    @staticmethod
-    def embedding_std(d_model: int) -> float:
-        """Unit-norm item vectors on average: the GRU reads them without a normalisation."""
-        return d_model**-0.5
-
     def encode(self, items: Tensor) -> Tensor:
         """``[B, L, d]`` GRU state after each play (zeros at padding)."""
         self.check_items(items)
