@@ -9,6 +9,8 @@ mod build;
 mod durations;
 mod fields;
 mod formats;
+mod intern;
+mod scan;
 mod source;
 mod split;
 

@@ -7,11 +7,12 @@ use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ahash::AHashMap;
 use rayon::prelude::*;
 
 use super::fields::{self, FieldError, Fields, Span};
 use super::formats::{Format, Parser};
+use super::intern::Interner;
+use super::scan::Marks;
 use crate::error::{Error, Location, Result};
 
 /// Strings stored back to back.
@@ -73,19 +74,10 @@ struct ChunkParser<'a, 'p> {
     parser: &'p Parser,
     skip_bad: bool,
     chunk: Chunk,
-    borrowed: AHashMap<&'a [u8], u32>,
-    owned: AHashMap<Vec<u8>, u32>,
+    items: Interner,
 }
 
 impl<'a> ChunkParser<'a, '_> {
-    fn lookup(&self, key: &[u8]) -> Option<u32> {
-        match self.borrowed.get(key) {
-            Some(&id) => Some(id),
-            None if self.owned.is_empty() => None,
-            None => self.owned.get(key).copied(),
-        }
-    }
-
     /// Handles one line; returns false to stop (first error when not skipping bad rows).
     fn line(&mut self, line_index: u64, spans: &[Span], count: usize) -> bool {
         match self.try_line(&Fields { data: self.data, spans, count }) {
@@ -107,19 +99,13 @@ impl<'a> ChunkParser<'a, '_> {
         if new_run && std::str::from_utf8(&row.group).is_err() {
             return Err(FieldError::new(row.group_col, "invalid UTF-8 in a key field"));
         }
-        let id = match self.lookup(&row.item) {
-            Some(id) => id,
-            None => {
+        let id = match self.items.find(&row.item) {
+            Ok(id) => id,
+            Err(at) => {
                 if std::str::from_utf8(&row.item).is_err() {
                     return Err(FieldError::new(row.item_col, "invalid UTF-8 in a key field"));
                 }
-                let id = self.chunk.item_keys.len() as u32;
-                self.chunk.item_keys.push(&row.item);
-                match row.item {
-                    std::borrow::Cow::Borrowed(k) => self.borrowed.insert(k, id),
-                    std::borrow::Cow::Owned(k) => self.owned.insert(k, id),
-                };
-                id
+                self.items.insert(&row.item, at)
             }
         };
         if new_run {
@@ -131,34 +117,6 @@ impl<'a> ChunkParser<'a, '_> {
         self.chunk.order.push(row.order);
         Ok(())
     }
-}
-
-/// Position of the first `a` or `b` at or after `from` (or `data.len()`). Fields are short, so
-/// this tests 8 bytes at a time in a register (SWAR) instead of calling a vectorised search.
-#[inline]
-fn find2(data: &[u8], from: usize, a: u8, b: u8) -> usize {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    let (ma, mb) = (LO * a as u64, LO * b as u64);
-    let mut i = from;
-    while i + 8 <= data.len() {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(&data[i..i + 8]);
-        let x = u64::from_le_bytes(word);
-        let (xa, xb) = (x ^ ma, x ^ mb);
-        // A byte of xa/xb is zero exactly where x holds a/b; the lowest flagged byte is exact.
-        let hit = (xa.wrapping_sub(LO) & !xa | xb.wrapping_sub(LO) & !xb) & HI;
-        if hit != 0 {
-            return i + (hit.trailing_zeros() / 8) as usize;
-        }
-        i += 8;
-    }
-    data[i..].iter().position(|&c| c == a || c == b).map_or(data.len(), |k| i + k)
-}
-
-/// Occurrences of `byte` (vectorised by the compiler).
-fn count_byte(data: &[u8], byte: u8) -> usize {
-    data.iter().map(|&c| (c == byte) as usize).sum()
 }
 
 fn trim_cr(data: &[u8], end: usize, start: usize) -> usize {
@@ -177,9 +135,14 @@ pub(crate) fn parse_chunk(data: &[u8], parser: &Parser, skip_bad: bool, progress
         parser,
         skip_bad,
         chunk: Chunk::default(),
-        borrowed: AHashMap::new(),
-        owned: AHashMap::new(),
+        items: Interner::new(),
     };
+    // Sized for the rows the first lines predict, so the row vectors rarely grow.
+    let sample = &data[..data.len().min(1 << 16)];
+    let rows = (data.len() / (sample.len() / (1 + memchr::memchr_iter(b'\n', sample).count())).max(1)) * 9 / 8 + 16;
+    p.chunk.items.reserve(rows);
+    p.chunk.skips.reserve(rows);
+    p.chunk.order.reserve(rows);
     let mut spans: Vec<Span> = Vec::with_capacity(32);
     let mut line_index = 0u64;
     let mut reported = 0usize;
@@ -194,31 +157,27 @@ pub(crate) fn parse_chunk(data: &[u8], parser: &Parser, skip_bad: bool, progress
     if memchr::memchr(b'"', data).is_none() {
         // Fast path (no quotes): locate the fields the parser reads, count the others.
         let needed = parser.needed_fields().max(1);
+        let mut marks = Marks::new(data, delimiter);
         let mut start = 0usize;
         while start < data.len() {
             spans.clear();
             let mut pos = start;
-            let mut line_end = None;
-            while spans.len() < needed {
-                let at = find2(data, pos, delimiter, b'\n');
-                spans.push(Span { start: pos, end: at, escaped: false });
-                pos = at + 1;
-                if at == data.len() || data[at] == b'\n' {
-                    line_end = Some(at);
-                    break;
+            let (end, count) = loop {
+                if spans.len() == needed {
+                    let (newline, more) = marks.next_newline();
+                    break (newline.unwrap_or(data.len()), needed + 1 + more);
                 }
-            }
-            let (end, count) = match line_end {
-                Some(end) => {
-                    let trimmed = trim_cr(data, end, start);
-                    if let Some(last) = spans.last_mut() {
-                        last.end = last.end.min(trimmed).max(last.start);
+                match marks.next() {
+                    Some((at, false)) => {
+                        spans.push(Span { start: pos, end: at, escaped: false });
+                        pos = at + 1;
                     }
-                    (end, spans.len())
-                }
-                None => {
-                    let end = memchr::memchr(b'\n', &data[pos..]).map_or(data.len(), |k| pos + k);
-                    (end, spans.len() + 1 + count_byte(&data[pos..end], delimiter))
+                    mark => {
+                        let end = mark.map_or(data.len(), |(at, _)| at);
+                        let trimmed = trim_cr(data, end, start);
+                        spans.push(Span { start: pos, end: trimmed.max(pos), escaped: false });
+                        break (end, spans.len());
+                    }
                 }
             };
             let blank = count == 1 && spans[0].start == spans[0].end;
@@ -261,6 +220,7 @@ pub(crate) fn parse_chunk(data: &[u8], parser: &Parser, skip_bad: bool, progress
     report(data.len(), &mut reported);
     let mut chunk = p.chunk;
     chunk.lines = line_index;
+    chunk.item_keys = p.items.keys;
     chunk
 }
 
@@ -541,15 +501,6 @@ mod tests {
         assert!(c.items.is_empty());
         let c = parse_chunk(data, &mssd_parser(), true, None);
         assert_eq!((c.bad_rows, c.items.len(), c.rows), (2, 1, 3));
-    }
-
-    #[test]
-    fn find2_matches_a_plain_search() {
-        let data = b"abc,defghijklmnop\nq,,rstuvwxyz0123456789\xff\x80,x";
-        for from in 0..data.len() {
-            let expected = data[from..].iter().position(|&c| c == b',' || c == b'\n').map_or(data.len(), |k| from + k);
-            assert_eq!(find2(data, from, b',', b'\n'), expected, "from {from}");
-        }
     }
 
     #[test]
