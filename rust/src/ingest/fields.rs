@@ -48,6 +48,7 @@ impl<'a, 's> Fields<'a, 's> {
     }
 
     /// The text of field `i`, with `""` inside a quoted field unescaped.
+    #[inline]
     pub fn text(&self, i: usize) -> Cow<'a, [u8]> {
         let s = self.spans[i];
         let raw = &self.data[s.start..s.end];
@@ -182,6 +183,7 @@ pub(crate) fn lenient_bool(raw: &[u8], column: usize) -> Result<bool, FieldError
 }
 
 /// A decimal integer with optional sign; `None` if anything else.
+#[inline]
 pub(crate) fn parse_i64(raw: &[u8]) -> Option<i64> {
     let (neg, digits) = match raw.first()? {
         b'-' => (true, &raw[1..]),
@@ -202,6 +204,7 @@ pub(crate) fn parse_i64(raw: &[u8]) -> Option<i64> {
     Some(if neg { -v } else { v })
 }
 
+#[inline]
 pub(crate) fn integer(raw: &[u8], column: usize, what: &str) -> Result<i64, FieldError> {
     parse_i64(raw)
         .ok_or_else(|| FieldError::new(column, format!("expected an integer {what}, found {}", show(raw))))

@@ -4,6 +4,28 @@
 
 use super::source::Arena;
 
+/// Byte-string equality for short keys, compared 8 bytes at a time inline (a library call
+/// costs more than the comparison itself).
+#[inline(always)]
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if n < 8 {
+        return a.iter().zip(b).all(|(x, y)| x == y);
+    }
+    let word = |s: &[u8], i: usize| u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"));
+    let mut i = 0;
+    while i + 8 < n {
+        if word(a, i) != word(b, i) {
+            return false;
+        }
+        i += 8;
+    }
+    word(a, n - 8) == word(b, n - 8)
+}
+
 /// Keys and their ids (`id` = position in `keys`).
 pub(crate) struct Interner {
     pub keys: Arena,
@@ -36,7 +58,7 @@ impl Interner {
                 return Err(Vacant { hash, slot });
             }
             let id = (s & 0xffff_ffff) as u32 - 1;
-            if s >> 32 == tag && self.keys.get(id as usize) == key {
+            if s >> 32 == tag && same(self.keys.get(id as usize), key) {
                 return Ok(id);
             }
             slot = (slot + 1) & mask;
@@ -72,6 +94,17 @@ impl Interner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_matches_slice_equality() {
+        let text = b"0123456789abcdefghij0123456789abcdefghiX";
+        for (a, b) in [(0, 0), (0, 3), (0, 8), (3, 9), (0, 17), (0, 20)] {
+            for (c, d) in [(0, 0), (20, 23), (20, 28), (20, 37), (20, 40), (1, 18)] {
+                let (x, y) = (&text[a..b], &text[c..d]);
+                assert_eq!(same(x, y), x == y, "{x:?} {y:?}");
+            }
+        }
+    }
 
     #[test]
     fn ids_follow_first_insertion() {

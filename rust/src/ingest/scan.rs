@@ -1,5 +1,6 @@
-//! Structural scan of unquoted text: bit masks of the delimiter and newline bytes, 64 bytes at a
-//! time (SSE2 compares on x86-64), walked with bit tricks instead of byte-by-byte searches.
+//! Structural scan of unquoted text: bit masks of the delimiter, newline and quote bytes, 64
+//! bytes at a time (SSE2 compares on x86-64), walked with bit tricks instead of byte-by-byte
+//! searches. A quote anywhere sends the text to the quote-aware splitter.
 
 /// Delimiters and newlines of `data`, consumed in order.
 pub(crate) struct Marks<'a> {
@@ -9,57 +10,72 @@ pub(crate) struct Marks<'a> {
     base: usize,
     delimiters: u64,
     newlines: u64,
+    quoted: bool,
 }
 
-/// Masks of the bytes equal to `a` and to `b` in `block`.
+/// Masks of the bytes of `block` equal to `delimiter`, to a newline, and to a double quote (any).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn masks64(block: &[u8; 64], a: u8, b: u8) -> (u64, u64) {
+fn masks64(block: &[u8; 64], delimiter: u8) -> (u64, u64, bool) {
     use std::arch::x86_64::*;
     // SAFETY: SSE2 is part of the x86-64 baseline; the loads are unaligned reads inside `block`.
     unsafe {
-        let (va, vb) = (_mm_set1_epi8(a as i8), _mm_set1_epi8(b as i8));
-        let (mut ma, mut mb) = (0u64, 0u64);
+        let vd = _mm_set1_epi8(delimiter as i8);
+        let vn = _mm_set1_epi8(b'\n' as i8);
+        let vq = _mm_set1_epi8(b'"' as i8);
+        let (mut md, mut mn) = (0u64, 0u64);
+        let mut q = _mm_setzero_si128();
         for k in 0..4 {
             let v = _mm_loadu_si128(block.as_ptr().add(16 * k) as *const __m128i);
-            ma |= (_mm_movemask_epi8(_mm_cmpeq_epi8(v, va)) as u16 as u64) << (16 * k);
-            mb |= (_mm_movemask_epi8(_mm_cmpeq_epi8(v, vb)) as u16 as u64) << (16 * k);
+            md |= (_mm_movemask_epi8(_mm_cmpeq_epi8(v, vd)) as u16 as u64) << (16 * k);
+            mn |= (_mm_movemask_epi8(_mm_cmpeq_epi8(v, vn)) as u16 as u64) << (16 * k);
+            q = _mm_or_si128(q, _mm_cmpeq_epi8(v, vq));
         }
-        (ma, mb)
+        (md, mn, _mm_movemask_epi8(q) != 0)
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 #[inline(always)]
-fn masks64(block: &[u8; 64], a: u8, b: u8) -> (u64, u64) {
-    let (mut ma, mut mb) = (0u64, 0u64);
+fn masks64(block: &[u8; 64], delimiter: u8) -> (u64, u64, bool) {
+    let (mut md, mut mn, mut q) = (0u64, 0u64, false);
     for (k, &c) in block.iter().enumerate() {
-        ma |= ((c == a) as u64) << k;
-        mb |= ((c == b) as u64) << k;
+        md |= ((c == delimiter) as u64) << k;
+        mn |= ((c == b'\n') as u64) << k;
+        q |= c == b'"';
     }
-    (ma, mb)
+    (md, mn, q)
 }
 
 impl<'a> Marks<'a> {
     pub fn new(data: &'a [u8], delimiter: u8) -> Self {
-        let mut m = Marks { data, delimiter, base: 0, delimiters: 0, newlines: 0 };
+        let mut m = Marks { data, delimiter, base: 0, delimiters: 0, newlines: 0, quoted: false };
         m.load();
         m
     }
 
     fn load(&mut self) {
         let rest = &self.data[self.base.min(self.data.len())..];
-        let (d, n) = if rest.len() >= 64 {
-            masks64(rest[..64].try_into().expect("64 bytes"), self.delimiter, b'\n')
+        let (d, n, q) = if rest.len() >= 64 {
+            masks64(rest[..64].try_into().expect("64 bytes"), self.delimiter)
         } else {
+            // Zero padding: a zero delimiter would match it, hence the mask of valid bits.
             let mut block = [0u8; 64];
             block[..rest.len()].copy_from_slice(rest);
-            let (d, n) = masks64(&block, self.delimiter, b'\n');
+            let (d, n, q) = masks64(&block, self.delimiter);
             let valid = if rest.is_empty() { 0 } else { u64::MAX >> (64 - rest.len()) };
-            (d & valid, n & valid)
+            (d & valid, n & valid, q)
         };
         self.delimiters = d;
         self.newlines = n;
+        self.quoted |= q;
+    }
+
+    /// Whether a double quote was seen in the blocks scanned so far (up to the last mark
+    /// returned, and at most to the end of its 64-byte block).
+    #[inline]
+    pub fn quoted(&self) -> bool {
+        self.quoted
     }
 
     /// Moves to the next block; false past the end of the data.
@@ -141,5 +157,12 @@ mod tests {
         assert_eq!(m.next_newline(), (Some(2), 0));
         assert_eq!(m.next_newline(), (None, 2));
         assert_eq!(m.next(), None);
+        assert!(!m.quoted());
+        let mut text = vec![b'a'; 200];
+        text[150] = b'"';
+        let mut m = Marks::new(&text, b',');
+        assert!(!m.quoted());
+        assert_eq!(m.next_newline(), (None, 0));
+        assert!(m.quoted());
     }
 }

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::fields::{self, FieldError, Fields, Span};
 use super::formats::{Format, Parser};
-use super::intern::Interner;
+use super::intern::{same, Interner};
 use super::scan::Marks;
 use crate::error::{Error, Location, Result};
 
@@ -77,7 +77,19 @@ struct ChunkParser<'a, 'p> {
     items: Interner,
 }
 
-impl<'a> ChunkParser<'a, '_> {
+impl<'a, 'p> ChunkParser<'a, 'p> {
+    /// A parser with its row vectors sized for the rows the first lines predict.
+    fn new(data: &'a [u8], parser: &'p Parser, skip_bad: bool) -> Self {
+        let mut chunk = Chunk::default();
+        let sample = &data[..data.len().min(1 << 16)];
+        let line_len = sample.len() / (1 + memchr::memchr_iter(b'\n', sample).count());
+        let rows = data.len() / line_len.max(1) * 9 / 8 + 16;
+        chunk.items.reserve(rows);
+        chunk.skips.reserve(rows);
+        chunk.order.reserve(rows);
+        ChunkParser { data, parser, skip_bad, chunk, items: Interner::new() }
+    }
+
     /// Handles one line; returns false to stop (first error when not skipping bad rows).
     fn line(&mut self, line_index: u64, spans: &[Span], count: usize) -> bool {
         match self.try_line(&Fields { data: self.data, spans, count }) {
@@ -95,7 +107,7 @@ impl<'a> ChunkParser<'a, '_> {
     fn try_line(&mut self, fields: &Fields<'a, '_>) -> std::result::Result<(), FieldError> {
         self.chunk.rows += 1;
         let row = self.parser.row(fields)?;
-        let new_run = self.chunk.run_keys.last() != Some(&row.group[..]);
+        let new_run = !self.chunk.run_keys.last().is_some_and(|last| same(last, &row.group));
         if new_run && std::str::from_utf8(&row.group).is_err() {
             return Err(FieldError::new(row.group_col, "invalid UTF-8 in a key field"));
         }
@@ -129,99 +141,109 @@ fn trim_cr(data: &[u8], end: usize, start: usize) -> usize {
 
 /// Parses the complete lines in `data` (a chunk ends at a newline or the end of the input).
 pub(crate) fn parse_chunk(data: &[u8], parser: &Parser, skip_bad: bool, progress: Option<&AtomicU64>) -> Chunk {
-    let delimiter = parser.delimiter();
-    let mut p = ChunkParser {
-        data,
-        parser,
-        skip_bad,
-        chunk: Chunk::default(),
-        items: Interner::new(),
-    };
-    // Sized for the rows the first lines predict, so the row vectors rarely grow.
-    let sample = &data[..data.len().min(1 << 16)];
-    let rows = (data.len() / (sample.len() / (1 + memchr::memchr_iter(b'\n', sample).count())).max(1)) * 9 / 8 + 16;
-    p.chunk.items.reserve(rows);
-    p.chunk.skips.reserve(rows);
-    p.chunk.order.reserve(rows);
-    let mut spans: Vec<Span> = Vec::with_capacity(32);
-    let mut line_index = 0u64;
     let mut reported = 0usize;
-    let report = |upto: usize, reported: &mut usize| {
+    let mut report = |upto: usize| {
         if let Some(counter) = progress {
-            if upto - *reported >= 1 << 22 || upto == data.len() {
-                counter.fetch_add((upto - *reported) as u64, Ordering::Relaxed);
-                *reported = upto;
+            if upto - reported >= 1 << 22 || upto == data.len() {
+                counter.fetch_add((upto - reported) as u64, Ordering::Relaxed);
+                reported = upto;
             }
         }
     };
-    if memchr::memchr(b'"', data).is_none() {
-        // Fast path (no quotes): locate the fields the parser reads, count the others.
-        let needed = parser.needed_fields().max(1);
-        let mut marks = Marks::new(data, delimiter);
-        let mut start = 0usize;
-        while start < data.len() {
-            spans.clear();
-            let mut pos = start;
-            let (end, count) = loop {
-                if spans.len() == needed {
-                    let (newline, more) = marks.next_newline();
-                    break (newline.unwrap_or(data.len()), needed + 1 + more);
-                }
-                match marks.next() {
-                    Some((at, false)) => {
-                        spans.push(Span { start: pos, end: at, escaped: false });
-                        pos = at + 1;
-                    }
-                    mark => {
-                        let end = mark.map_or(data.len(), |(at, _)| at);
-                        let trimmed = trim_cr(data, end, start);
-                        spans.push(Span { start: pos, end: trimmed.max(pos), escaped: false });
-                        break (end, spans.len());
-                    }
-                }
-            };
-            let blank = count == 1 && spans[0].start == spans[0].end;
-            let ok = blank || p.line(line_index, &spans, count);
-            line_index += 1;
-            start = end + 1;
-            report(start.min(data.len()), &mut reported);
-            if !ok {
-                break;
-            }
+    let mut p = ChunkParser::new(data, parser, skip_bad);
+    let lines = match parse_plain(&mut p, &mut report) {
+        Some(lines) => lines,
+        None => {
+            // A quote: start over with the quote-aware splitter (progress already reported stays).
+            p = ChunkParser::new(data, parser, skip_bad);
+            parse_quoted(&mut p, &mut report)
         }
-    } else {
-        let mut start = 0usize;
-        while start < data.len() {
-            let nl = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |k| start + k);
-            let end = trim_cr(data, nl, start);
-            let ok = if end == start {
-                true
-            } else {
-                match fields::split_quoted(data, start, end, delimiter, &mut spans) {
-                    Ok(()) => p.line(line_index, &spans, spans.len()),
-                    Err(e) => {
-                        p.chunk.rows += 1;
-                        p.chunk.bad_rows += 1;
-                        if p.chunk.error.is_none() {
-                            p.chunk.error = Some((line_index, e));
-                        }
-                        skip_bad
-                    }
-                }
-            };
-            line_index += 1;
-            start = nl + 1;
-            report(start.min(data.len()), &mut reported);
-            if !ok {
-                break;
-            }
-        }
-    }
-    report(data.len(), &mut reported);
+    };
+    report(data.len());
     let mut chunk = p.chunk;
-    chunk.lines = line_index;
+    chunk.lines = lines;
     chunk.item_keys = p.items.keys;
     chunk
+}
+
+/// Lines without quotes: locates the fields the parser reads and counts the others. Returns the
+/// number of lines handled, or None as soon as a double quote shows up.
+fn parse_plain(p: &mut ChunkParser, report: &mut impl FnMut(usize)) -> Option<u64> {
+    let data = p.data;
+    let needed = p.parser.needed_fields().max(1);
+    let mut marks = Marks::new(data, p.parser.delimiter());
+    let mut spans: Vec<Span> = Vec::with_capacity(needed);
+    let mut line_index = 0u64;
+    let mut start = 0usize;
+    while start < data.len() {
+        spans.clear();
+        let mut pos = start;
+        let (end, count) = loop {
+            if spans.len() == needed {
+                let (newline, more) = marks.next_newline();
+                break (newline.unwrap_or(data.len()), needed + 1 + more);
+            }
+            match marks.next() {
+                Some((at, false)) => {
+                    spans.push(Span { start: pos, end: at, escaped: false });
+                    pos = at + 1;
+                }
+                mark => {
+                    let end = mark.map_or(data.len(), |(at, _)| at);
+                    let trimmed = trim_cr(data, end, start);
+                    spans.push(Span { start: pos, end: trimmed.max(pos), escaped: false });
+                    break (end, spans.len());
+                }
+            }
+        };
+        if marks.quoted() {
+            return None;
+        }
+        let blank = count == 1 && spans[0].start == spans[0].end;
+        let ok = blank || p.line(line_index, &spans, count);
+        line_index += 1;
+        start = end + 1;
+        report(start.min(data.len()));
+        if !ok {
+            break;
+        }
+    }
+    Some(line_index)
+}
+
+/// Lines that may hold quoted fields: splits each whole line.
+fn parse_quoted(p: &mut ChunkParser, report: &mut impl FnMut(usize)) -> u64 {
+    let data = p.data;
+    let delimiter = p.parser.delimiter();
+    let mut spans: Vec<Span> = Vec::with_capacity(32);
+    let mut line_index = 0u64;
+    let mut start = 0usize;
+    while start < data.len() {
+        let nl = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |k| start + k);
+        let end = trim_cr(data, nl, start);
+        let ok = if end == start {
+            true
+        } else {
+            match fields::split_quoted(data, start, end, delimiter, &mut spans) {
+                Ok(()) => p.line(line_index, &spans, spans.len()),
+                Err(e) => {
+                    p.chunk.rows += 1;
+                    p.chunk.bad_rows += 1;
+                    if p.chunk.error.is_none() {
+                        p.chunk.error = Some((line_index, e));
+                    }
+                    p.skip_bad
+                }
+            }
+        };
+        line_index += 1;
+        start = nl + 1;
+        report(start.min(data.len()));
+        if !ok {
+            break;
+        }
+    }
+    line_index
 }
 
 /// Cuts `data` into about `pieces` parts, each ending just after a newline (or at the end).
