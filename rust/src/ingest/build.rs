@@ -1,9 +1,12 @@
 //! From parsed chunks to sessions: merge chunk vocabularies, group and order rows, cut sessions
 //! at gaps, derive skips from durations, window/filter/sample, and encode the kept items.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use ahash::AHashMap;
 use rayon::prelude::*;
 
+use super::intern::{same, Table};
 use super::source::Chunk;
 use super::Rules;
 
@@ -30,49 +33,88 @@ pub(crate) struct Merged<'c> {
     pub runs: Vec<(&'c [u8], usize)>,
 }
 
+/// Merges the chunks: the vocabulary in parallel shards (a key's shard follows from the hash its
+/// chunk computed; raw ids need no particular order), then rows copied in parallel.
 pub(crate) fn merge(chunks: &[Chunk]) -> Merged<'_> {
-    let mut ids: AHashMap<&[u8], u32> = AHashMap::new();
-    let mut raw_keys: Vec<&[u8]> = Vec::new();
-    let remaps: Vec<Vec<u32>> = chunks
-        .iter()
-        .map(|c| {
-            (0..c.item_keys.len())
-                .map(|i| {
+    let shards = rayon::current_num_threads().max(1);
+    let shard_of = |h: u64| (((h >> 32) * shards as u64) >> 32) as usize;
+    // Each chunk key's id within its shard, written by the shard that owns it.
+    let in_shard: Vec<Vec<AtomicU32>> =
+        chunks.iter().map(|c| (0..c.item_keys.len()).map(|_| AtomicU32::new(0)).collect()).collect();
+    let shard_keys: Vec<Vec<&[u8]>> = (0..shards)
+        .into_par_iter()
+        .map(|s| {
+            let mut table = Table::new();
+            let mut keys: Vec<&[u8]> = Vec::new();
+            let mut hashes: Vec<u64> = Vec::new();
+            for (c, out) in chunks.iter().zip(&in_shard) {
+                for (i, &h) in c.item_hashes.iter().enumerate() {
+                    if shard_of(h) != s {
+                        continue;
+                    }
                     let key = c.item_keys.get(i);
-                    *ids.entry(key).or_insert_with(|| {
-                        raw_keys.push(key);
-                        raw_keys.len() as u32 - 1
-                    })
-                })
-                .collect()
+                    let id = match table.find(h, |id, _| same(keys[id as usize], key)) {
+                        Ok(id) => id,
+                        Err(at) => {
+                            let id = keys.len() as u32;
+                            keys.push(key);
+                            hashes.push(h);
+                            table.insert(at, id, 0, |j| hashes[j as usize]);
+                            id
+                        }
+                    };
+                    out[i].store(id, Ordering::Relaxed);
+                }
+            }
+            keys
+        })
+        .collect();
+    let mut base = Vec::with_capacity(shards);
+    let mut raw_keys: Vec<&[u8]> = Vec::with_capacity(shard_keys.iter().map(Vec::len).sum());
+    for keys in &shard_keys {
+        base.push(raw_keys.len() as u32);
+        raw_keys.extend_from_slice(keys);
+    }
+    let remaps: Vec<Vec<u32>> = chunks
+        .par_iter()
+        .zip(&in_shard)
+        .map(|(c, ids)| {
+            c.item_hashes.iter().zip(ids).map(|(&h, id)| base[shard_of(h)] + id.load(Ordering::Relaxed)).collect()
         })
         .collect();
     let total: usize = chunks.iter().map(|c| c.items.len()).sum();
     let mut items = vec![0u32; total];
-    let mut rest: &mut [u32] = &mut items;
-    let mut parts = Vec::with_capacity(chunks.len());
+    split_like(&mut items, chunks).into_par_iter().zip(chunks.par_iter().zip(remaps.par_iter())).for_each(
+        |(out, (c, remap))| {
+            for (o, &local) in out.iter_mut().zip(&c.items) {
+                *o = remap[local as usize];
+            }
+        },
+    );
+    let mut skips = vec![0u8; total];
+    split_like(&mut skips, chunks).into_par_iter().zip(chunks.par_iter()).for_each(|(out, c)| out.copy_from_slice(&c.skips));
+    let mut order = vec![0i64; total];
+    split_like(&mut order, chunks).into_par_iter().zip(chunks.par_iter()).for_each(|(out, c)| out.copy_from_slice(&c.order));
+    let mut runs = Vec::with_capacity(chunks.iter().map(|c| c.run_starts.len()).sum());
+    let mut row = 0;
     for c in chunks {
-        let (head, tail) = rest.split_at_mut(c.items.len());
-        parts.push(head);
-        rest = tail;
-    }
-    parts.into_par_iter().zip(chunks.par_iter().zip(remaps.par_iter())).for_each(|(out, (c, remap))| {
-        for (o, &local) in out.iter_mut().zip(&c.items) {
-            *o = remap[local as usize];
-        }
-    });
-    let mut skips = Vec::with_capacity(total);
-    let mut order = Vec::with_capacity(total);
-    let mut runs = Vec::new();
-    for c in chunks {
-        let base = skips.len();
         for (r, &start) in c.run_starts.iter().enumerate() {
-            runs.push((c.run_keys.get(r), base + start as usize));
+            runs.push((c.run_keys.get(r), row + start as usize));
         }
-        skips.extend_from_slice(&c.skips);
-        order.extend_from_slice(&c.order);
+        row += c.items.len();
     }
     Merged { rows: Rows { items, skips, order }, raw_keys, runs }
+}
+
+/// `out` cut into one part per chunk, each as long as the chunk's rows.
+fn split_like<'o, T>(mut out: &'o mut [T], chunks: &[Chunk]) -> Vec<&'o mut [T]> {
+    let mut parts = Vec::with_capacity(chunks.len());
+    for c in chunks {
+        let (head, tail) = out.split_at_mut(c.items.len());
+        parts.push(head);
+        out = tail;
+    }
+    parts
 }
 
 /// Contiguous groups of rows: group `g` is rows `bounds[g]..bounds[g + 1]`.

@@ -305,6 +305,16 @@ impl Parser {
         }
     }
 
+    /// The field that is a row's item key whenever it is not quoted, if the format has one.
+    pub fn item_field(&self) -> Option<usize> {
+        match *self {
+            Parser::Mssd { track, .. } => Some(track),
+            Parser::Lfm1k => None,
+            Parser::Lfm2b => Some(1),
+            Parser::Table { item, .. } => Some(item),
+        }
+    }
+
     pub fn layout(&self) -> Layout {
         match self {
             Parser::Mssd { .. } => Layout { consecutive: true, timestamps: false, gap_cut: false, ordered: true, has_signal: true },

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::fields::{self, FieldError, Fields, Span};
 use super::formats::{Format, Parser};
-use super::intern::{same, Interner};
+use super::intern::{self, same, Interner};
 use super::scan::Marks;
 use crate::error::{Error, Location, Result};
 
@@ -51,6 +51,8 @@ pub(crate) struct Chunk {
     pub run_starts: Vec<u32>,
     pub items: Vec<u32>,
     pub item_keys: Arena,
+    /// Hash of each item key (see `intern::hash`).
+    pub item_hashes: Vec<u64>,
     pub skips: Vec<u8>,
     pub order: Vec<i64>,
     pub rows: u64,
@@ -91,8 +93,9 @@ impl<'a, 'p> ChunkParser<'a, 'p> {
     }
 
     /// Handles one line; returns false to stop (first error when not skipping bad rows).
-    fn line(&mut self, line_index: u64, spans: &[Span], count: usize) -> bool {
-        match self.try_line(&Fields { data: self.data, spans, count }) {
+    /// `item_hash` is the hash of a field the row's item key may be (reused when it is).
+    fn line(&mut self, line_index: u64, spans: &[Span], count: usize, item_hash: Option<(u64, &[u8])>) -> bool {
+        match self.try_line(&Fields { data: self.data, spans, count }, item_hash) {
             Ok(()) => true,
             Err(e) => {
                 self.chunk.bad_rows += 1;
@@ -104,14 +107,18 @@ impl<'a, 'p> ChunkParser<'a, 'p> {
         }
     }
 
-    fn try_line(&mut self, fields: &Fields<'a, '_>) -> std::result::Result<(), FieldError> {
+    fn try_line(&mut self, fields: &Fields<'a, '_>, item_hash: Option<(u64, &[u8])>) -> std::result::Result<(), FieldError> {
         self.chunk.rows += 1;
         let row = self.parser.row(fields)?;
         let new_run = !self.chunk.run_keys.last().is_some_and(|last| same(last, &row.group));
         if new_run && std::str::from_utf8(&row.group).is_err() {
             return Err(FieldError::new(row.group_col, "invalid UTF-8 in a key field"));
         }
-        let id = match self.items.find(&row.item) {
+        let hash = match item_hash {
+            Some((h, field)) if std::ptr::eq(field, &row.item[..]) => h,
+            _ => intern::hash(&row.item),
+        };
+        let id = match self.items.find(&row.item, hash) {
             Ok(id) => id,
             Err(at) => {
                 if std::str::from_utf8(&row.item).is_err() {
@@ -163,16 +170,39 @@ pub(crate) fn parse_chunk(data: &[u8], parser: &Parser, skip_bad: bool, progress
     let mut chunk = p.chunk;
     chunk.lines = lines;
     chunk.item_keys = p.items.keys;
+    chunk.item_hashes = p.items.hashes;
     chunk
 }
+
+/// A scanned line waiting in the pipeline to be handled.
+#[derive(Clone, Copy, Default)]
+struct Pending {
+    line_index: u64,
+    count: usize,
+    end: usize,
+    /// Hash of the item field (0 when the parser names none or the line lacks it).
+    item_hash: u64,
+}
+
+/// Lines in flight: a line's item key is hashed and its table slot fetched when it is scanned,
+/// its key bytes `KEY_AHEAD` lines later, and the line is handled `HANDLE_AHEAD` lines later,
+/// so the cache misses of interning overlap with scanning instead of stalling every line.
+const RING: usize = 16;
+const KEY_AHEAD: usize = 4;
+const HANDLE_AHEAD: usize = 8;
 
 /// Lines without quotes: locates the fields the parser reads and counts the others. Returns the
 /// number of lines handled, or None as soon as a double quote shows up.
 fn parse_plain(p: &mut ChunkParser, report: &mut impl FnMut(usize)) -> Option<u64> {
     let data = p.data;
     let needed = p.parser.needed_fields().max(1);
+    let item_field = p.parser.item_field().filter(|&f| f < needed);
     let mut marks = Marks::new(data, p.parser.delimiter());
+    let mut ring = [Pending::default(); RING];
+    let mut ring_spans = vec![Span { start: 0, end: 0, escaped: false }; RING * needed];
     let mut spans: Vec<Span> = Vec::with_capacity(needed);
+    // Lines scanned (blank ones excepted) and lines handled.
+    let (mut scanned, mut handled) = (0usize, 0usize);
     let mut line_index = 0u64;
     let mut start = 0usize;
     while start < data.len() {
@@ -199,16 +229,60 @@ fn parse_plain(p: &mut ChunkParser, report: &mut impl FnMut(usize)) -> Option<u6
         if marks.quoted() {
             return None;
         }
-        let blank = count == 1 && spans[0].start == spans[0].end;
-        let ok = blank || p.line(line_index, &spans, count);
+        if !(count == 1 && spans[0].start == spans[0].end) {
+            let item_hash = match item_field {
+                Some(f) if f < count => {
+                    let h = intern::hash(&data[spans[f].start..spans[f].end]);
+                    p.items.prefetch_slot(h);
+                    h
+                }
+                _ => 0,
+            };
+            let k = scanned % RING;
+            ring[k] = Pending { line_index, count, end, item_hash };
+            ring_spans[k * needed..k * needed + spans.len()].copy_from_slice(&spans);
+            scanned += 1;
+            if scanned > KEY_AHEAD {
+                p.items.prefetch_key(ring[(scanned - 1 - KEY_AHEAD) % RING].item_hash);
+            }
+            if scanned > HANDLE_AHEAD {
+                if let Some(stop) = handle(p, &ring, &ring_spans, item_field, handled, report) {
+                    return Some(stop + 1);
+                }
+                handled += 1;
+            }
+        }
         line_index += 1;
         start = end + 1;
-        report(start.min(data.len()));
-        if !ok {
-            break;
+    }
+    while handled < scanned {
+        if let Some(stop) = handle(p, &ring, &ring_spans, item_field, handled, report) {
+            return Some(stop + 1);
         }
+        handled += 1;
     }
     Some(line_index)
+}
+
+/// Handles the `n`-th scanned line; returns its index when it stops the parse.
+fn handle(
+    p: &mut ChunkParser,
+    ring: &[Pending; RING],
+    ring_spans: &[Span],
+    item_field: Option<usize>,
+    n: usize,
+    report: &mut impl FnMut(usize),
+) -> Option<u64> {
+    let needed = ring_spans.len() / RING;
+    let (k, line) = (n % RING, ring[n % RING]);
+    let spans = &ring_spans[k * needed..k * needed + needed.min(line.count)];
+    let hint = match item_field {
+        Some(f) if f < line.count => Some((line.item_hash, &p.data[spans[f].start..spans[f].end])),
+        _ => None,
+    };
+    let ok = p.line(line.line_index, spans, line.count, hint);
+    report((line.end + 1).min(p.data.len()));
+    (!ok).then_some(line.line_index)
 }
 
 /// Lines that may hold quoted fields: splits each whole line.
@@ -225,7 +299,7 @@ fn parse_quoted(p: &mut ChunkParser, report: &mut impl FnMut(usize)) -> u64 {
             true
         } else {
             match fields::split_quoted(data, start, end, delimiter, &mut spans) {
-                Ok(()) => p.line(line_index, &spans, spans.len()),
+                Ok(()) => p.line(line_index, &spans, spans.len(), None),
                 Err(e) => {
                     p.chunk.rows += 1;
                     p.chunk.bad_rows += 1;
@@ -523,6 +597,33 @@ mod tests {
         assert!(c.items.is_empty());
         let c = parse_chunk(data, &mssd_parser(), true, None);
         assert_eq!((c.bad_rows, c.items.len(), c.rows), (2, 1, 3));
+    }
+
+    #[test]
+    fn quote_after_plain_lines_reparses_the_chunk() {
+        let mut data = b"a,1,2,t1,False,False,False,True\n".repeat(5);
+        data.extend_from_slice(b"a,2,2,\"t,2\",True,True,True,False\n");
+        let c = parse_chunk(&data, &mssd_parser(), false, None);
+        assert!(c.error.is_none());
+        assert_eq!((c.lines, c.rows), (6, 6));
+        assert_eq!(c.items, vec![0, 0, 0, 0, 0, 1]);
+        assert_eq!(c.item_keys.get(1), b"t,2");
+    }
+
+    #[test]
+    fn stop_and_counts_past_the_scan_ahead() {
+        let mut data = Vec::new();
+        for i in 0..40 {
+            let skip = if i == 25 { "maybe" } else { "True" };
+            data.extend_from_slice(format!("s{},{i},40,t{},False,{skip},True,False\n", i / 7, i % 9).as_bytes());
+        }
+        let c = parse_chunk(&data, &mssd_parser(), false, None);
+        assert_eq!((c.lines, c.rows, c.items.len()), (26, 26, 25));
+        assert_eq!(c.error.as_ref().map(|(line, e)| (*line, e.column)), Some((25, 6)));
+        assert_eq!(c.run_starts, vec![0, 7, 14, 21]);
+        let c = parse_chunk(&data, &mssd_parser(), true, None);
+        assert_eq!((c.lines, c.rows, c.bad_rows, c.items.len()), (40, 40, 1, 39));
+        assert_eq!(c.item_keys.len(), 9);
     }
 
     #[test]
