@@ -33,9 +33,23 @@ pub(crate) struct Merged<'c> {
     pub runs: Vec<(&'c [u8], usize)>,
 }
 
+/// Whether `order` never decreases within a run of consecutive rows with the same key, across
+/// chunk boundaries too: then sessions of consecutive rows are already in order.
+pub(crate) fn runs_sorted(chunks: &[Chunk]) -> bool {
+    let mut last: Option<(&[u8], i64)> = None;
+    for c in chunks.iter().filter(|c| !c.items.is_empty()) {
+        if !c.sorted || last.is_some_and(|(key, order)| key == c.run_keys.get(0) && order > c.order[0]) {
+            return false;
+        }
+        last = Some((c.run_keys.last().expect("rows have runs"), *c.order.last().expect("rows have orders")));
+    }
+    true
+}
+
 /// Merges the chunks: the vocabulary in parallel shards (a key's shard follows from the hash its
-/// chunk computed; raw ids need no particular order), then rows copied in parallel.
-pub(crate) fn merge(chunks: &[Chunk]) -> Merged<'_> {
+/// chunk computed; raw ids need no particular order), then rows copied in parallel. `order` is
+/// left empty unless `keep_order`.
+pub(crate) fn merge(chunks: &[Chunk], keep_order: bool) -> Merged<'_> {
     let shards = rayon::current_num_threads().max(1);
     let shard_of = |h: u64| (((h >> 32) * shards as u64) >> 32) as usize;
     // Each chunk key's id within its shard, written by the shard that owns it.
@@ -93,8 +107,10 @@ pub(crate) fn merge(chunks: &[Chunk]) -> Merged<'_> {
     );
     let mut skips = vec![0u8; total];
     split_like(&mut skips, chunks).into_par_iter().zip(chunks.par_iter()).for_each(|(out, c)| out.copy_from_slice(&c.skips));
-    let mut order = vec![0i64; total];
-    split_like(&mut order, chunks).into_par_iter().zip(chunks.par_iter()).for_each(|(out, c)| out.copy_from_slice(&c.order));
+    let mut order = vec![0i64; if keep_order { total } else { 0 }];
+    if keep_order {
+        split_like(&mut order, chunks).into_par_iter().zip(chunks.par_iter()).for_each(|(out, c)| out.copy_from_slice(&c.order));
+    }
     let mut runs = Vec::with_capacity(chunks.iter().map(|c| c.run_starts.len()).sum());
     let mut row = 0;
     for c in chunks {

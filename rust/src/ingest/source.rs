@@ -55,6 +55,8 @@ pub(crate) struct Chunk {
     pub item_hashes: Vec<u64>,
     pub skips: Vec<u8>,
     pub order: Vec<i64>,
+    /// `order` never decreases within a run.
+    pub sorted: bool,
     pub rows: u64,
     pub bad_rows: u64,
     /// First bad row: its line index within the chunk and the problem.
@@ -82,7 +84,7 @@ struct ChunkParser<'a, 'p> {
 impl<'a, 'p> ChunkParser<'a, 'p> {
     /// A parser with its row vectors sized for the rows the first lines predict.
     fn new(data: &'a [u8], parser: &'p Parser, skip_bad: bool) -> Self {
-        let mut chunk = Chunk::default();
+        let mut chunk = Chunk { sorted: true, ..Chunk::default() };
         let sample = &data[..data.len().min(1 << 16)];
         let line_len = sample.len() / (1 + memchr::memchr_iter(b'\n', sample).count());
         let rows = data.len() / line_len.max(1) * 9 / 8 + 16;
@@ -130,6 +132,8 @@ impl<'a, 'p> ChunkParser<'a, 'p> {
         if new_run {
             self.chunk.run_keys.push(&row.group);
             self.chunk.run_starts.push(self.chunk.items.len() as u32);
+        } else if self.chunk.order.last().is_some_and(|&last| row.order < last) {
+            self.chunk.sorted = false;
         }
         self.chunk.items.push(id);
         self.chunk.skips.push(row.skip as u8);
@@ -624,6 +628,18 @@ mod tests {
         let c = parse_chunk(&data, &mssd_parser(), true, None);
         assert_eq!((c.lines, c.rows, c.bad_rows, c.items.len()), (40, 40, 1, 39));
         assert_eq!(c.item_keys.len(), 9);
+    }
+
+    #[test]
+    fn runs_sorted_across_chunks() {
+        let chunk = |text: &[u8]| parse_chunk(text, &mssd_parser(), false, None);
+        let head = || chunk(b"s,1,3,t1,False,False,False,True\ns,3,3,t2,False,False,False,True\n");
+        let blank = || chunk(b"\n");
+        let sorted = |chunks: &[Chunk]| crate::ingest::build::runs_sorted(chunks);
+        assert!(sorted(&[head(), blank(), chunk(b"u,1,1,t3,False,False,False,True\n")]));
+        assert!(!sorted(&[head(), blank(), chunk(b"s,2,3,t3,False,False,False,True\n")]));
+        assert!(sorted(&[head(), chunk(b"s,4,4,t3,False,False,False,True\n")]));
+        assert!(!sorted(&[chunk(b"s,2,2,t1,False,False,False,True\ns,1,2,t2,False,False,False,True\n")]));
     }
 
     #[test]
