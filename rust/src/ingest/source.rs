@@ -417,15 +417,23 @@ fn number_lines(chunks: &mut [Chunk], first: u64) -> u64 {
     line
 }
 
+const POPULATE_MAX: u64 = 2 << 30;
+
 fn read_plain(file: &Path, format: &Format, skip_bad: bool, progress: &AtomicU64) -> Result<(Parser, Vec<Chunk>)> {
     let handle = File::open(file).map_err(|e| io_error(file, e))?;
     let len = handle.metadata().map_err(|e| io_error(file, e))?.len();
     if len == 0 {
         return Err(empty_error(file));
     }
+    // Mapping all pages at once costs less than faulting them in piece by piece; files over
+    // POPULATE_MAX are left to demand paging, so one larger than memory is not read twice.
+    let mut options = memmap2::MmapOptions::new();
+    if len <= POPULATE_MAX {
+        options.populate();
+    }
     // SAFETY: the map is read-only; inputs are not expected to change while being read
     // (as with any reader, a concurrent truncation would be an outside error).
-    let map = unsafe { memmap2::Mmap::map(&handle) }.map_err(|e| io_error(file, e))?;
+    let map = unsafe { options.map(&handle) }.map_err(|e| io_error(file, e))?;
     let data: &[u8] = &map;
     if data.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(empty_error(file));
