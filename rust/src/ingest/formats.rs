@@ -278,12 +278,18 @@ impl Format {
     }
 }
 
+#[inline]
 fn non_empty<'a>(text: Cow<'a, [u8]>, column: usize, what: &str) -> Result<Cow<'a, [u8]>, FieldError> {
     if text.is_empty() {
-        Err(FieldError::new(column, format!("expected a non-empty {what}")))
+        Err(empty_field(column, what))
     } else {
         Ok(text)
     }
+}
+
+#[cold]
+fn empty_field(column: usize, what: &str) -> FieldError {
+    FieldError::new(column, format!("expected a non-empty {what}"))
 }
 
 impl Parser {
