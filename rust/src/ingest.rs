@@ -169,7 +169,7 @@ pub fn run(paths: &[PathBuf], format: &Format, options: &Options, progress: &Ato
             ),
         });
     }
-    let encoded = build::encode(&rows, &windows, merged.raw_keys.len(), layout.timestamps);
+    let encoded = build::encode(rows, &windows, merged.raw_keys.len(), layout.timestamps);
 
     let key_of = |w: &build::Window| groups.keys[sessions[w.session as usize].group as usize];
     let key_bytes: usize = windows.iter().map(|w| key_of(w).len()).sum();

@@ -328,28 +328,42 @@ pub(crate) struct Encoded {
     pub counts: Vec<u64>,
 }
 
-/// Encodes items: internal ids from 2 in order of first appearance in the kept windows.
-pub(crate) fn encode(rows: &Rows, windows: &[Window], n_raw: usize, keep_times: bool) -> Encoded {
-    let total: usize = windows.iter().map(|w| w.end - w.start).sum();
+/// Encodes items: internal ids from 2 in order of first appearance in the kept windows. When
+/// the windows are all the rows in order (nothing filtered), the row vectors are reused in place.
+pub(crate) fn encode(rows: Rows, windows: &[Window], n_raw: usize, keep_times: bool) -> Encoded {
     let mut remap = vec![u32::MAX; n_raw];
     let mut vocab_raw = Vec::new();
     let mut counts = vec![0u64, 0u64];
+    let mut id_of = |raw: u32| {
+        let id = &mut remap[raw as usize];
+        if *id == u32::MAX {
+            *id = counts.len() as u32;
+            counts.push(0);
+            vocab_raw.push(raw);
+        }
+        counts[*id as usize] += 1;
+        *id
+    };
+    let mut offsets = Vec::with_capacity(windows.len() + 1);
+    offsets.push(0i64);
+    let whole = windows.first().map_or(rows.items.is_empty(), |w| w.start == 0)
+        && windows.windows(2).all(|p| p[0].end == p[1].start)
+        && windows.last().map_or(true, |w| w.end == rows.items.len());
+    if whole {
+        let Rows { mut items, skips, order } = rows;
+        for item in &mut items {
+            *item = id_of(*item);
+        }
+        offsets.extend(windows.iter().map(|w| w.end as i64));
+        let times = if keep_times { order } else { Vec::new() };
+        return Encoded { offsets, items, skips, times, vocab_raw, counts };
+    }
+    let total: usize = windows.iter().map(|w| w.end - w.start).sum();
     let mut items = Vec::with_capacity(total);
     let mut skips = Vec::with_capacity(total);
     let mut times = Vec::with_capacity(if keep_times { total } else { 0 });
-    let mut offsets = Vec::with_capacity(windows.len() + 1);
-    offsets.push(0i64);
     for w in windows {
-        for &raw in &rows.items[w.start..w.end] {
-            let id = &mut remap[raw as usize];
-            if *id == u32::MAX {
-                *id = counts.len() as u32;
-                counts.push(0);
-                vocab_raw.push(raw);
-            }
-            counts[*id as usize] += 1;
-            items.push(*id);
-        }
+        items.extend(rows.items[w.start..w.end].iter().map(|&raw| id_of(raw)));
         skips.extend_from_slice(&rows.skips[w.start..w.end]);
         if keep_times {
             times.extend_from_slice(&rows.order[w.start..w.end]);
@@ -432,12 +446,19 @@ mod tests {
     fn vocabulary_follows_kept_windows() {
         let r = rows(vec![7, 3, 7, 5, 3], vec![0, 1, 0, 0, 1], vec![10, 11, 12, 13, 14]);
         let w = vec![Window { session: 0, index: None, start: 1, end: 3 }, Window { session: 1, index: None, start: 3, end: 5 }];
-        let e = encode(&r, &w, 8, true);
+        let e = encode(r, &w, 8, true);
         assert_eq!(e.items, vec![2, 3, 4, 2]);
         assert_eq!(e.vocab_raw, vec![3, 7, 5]);
         assert_eq!(e.counts, vec![0, 0, 2, 1, 1]);
         assert_eq!(e.offsets, vec![0, 2, 4]);
         assert_eq!(e.times, vec![11, 12, 13, 14]);
         assert_eq!(e.skips, vec![1, 0, 0, 1]);
+        // All rows kept in order: encoded in place, same numbering.
+        let r = rows(vec![7, 3, 7, 5, 3], vec![0, 1, 0, 0, 1], vec![10, 11, 12, 13, 14]);
+        let w = vec![Window { session: 0, index: None, start: 0, end: 3 }, Window { session: 1, index: None, start: 3, end: 5 }];
+        let e = encode(r, &w, 8, false);
+        assert_eq!(e.items, vec![2, 3, 2, 4, 3]);
+        assert_eq!((e.vocab_raw, e.counts, e.offsets), (vec![7, 3, 5], vec![0, 0, 2, 2, 1], vec![0, 3, 5]));
+        assert_eq!((e.skips, e.times), (vec![0, 1, 0, 0, 1], vec![]));
     }
 }
