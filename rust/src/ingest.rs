@@ -171,31 +171,41 @@ pub fn run(paths: &[PathBuf], format: &Format, options: &Options, progress: &Ato
     }
     let encoded = build::encode(rows, &windows, merged.raw_keys.len(), layout.timestamps);
 
-    let key_of = |w: &build::Window| groups.keys[sessions[w.session as usize].group as usize];
-    let key_bytes: usize = windows.iter().map(|w| key_of(w).len()).sum();
-    let mut session_keys = Strings::with_capacity(windows.len(), key_bytes);
-    let mut key = Vec::new();
-    for w in &windows {
-        let s = sessions[w.session as usize];
-        key.clear();
-        key.extend_from_slice(groups.keys[s.group as usize]);
-        if let Some(part) = s.part {
-            key.extend_from_slice(format!("#{part}").as_bytes());
+    // Session keys, vocabulary strings and split targets are independent: built side by side.
+    let keys = || {
+        let key_of = |w: &build::Window| groups.keys[sessions[w.session as usize].group as usize];
+        let key_bytes: usize = windows.iter().map(|w| key_of(w).len()).sum();
+        let mut session_keys = Strings::with_capacity(windows.len(), key_bytes);
+        let mut key = Vec::new();
+        for w in &windows {
+            let s = sessions[w.session as usize];
+            key.clear();
+            key.extend_from_slice(groups.keys[s.group as usize]);
+            if let Some(part) = s.part {
+                key.extend_from_slice(format!("#{part}").as_bytes());
+            }
+            if let Some(index) = w.index {
+                key.extend_from_slice(format!(":{index}").as_bytes());
+            }
+            session_keys.push(&key);
         }
-        if let Some(index) = w.index {
-            key.extend_from_slice(format!(":{index}").as_bytes());
+        session_keys
+    };
+    let vocab = || {
+        let vocab_bytes: usize = encoded.vocab_raw.iter().map(|&raw| merged.raw_keys[raw as usize].len()).sum();
+        let mut vocab = Strings::with_capacity(encoded.vocab_raw.len() + 2, vocab_bytes + 11);
+        vocab.push(b"[PAD]");
+        vocab.push(b"[MASK]");
+        for &raw in &encoded.vocab_raw {
+            vocab.push(merged.raw_keys[raw as usize]);
         }
-        session_keys.push(&key);
-    }
-    let vocab_bytes: usize = encoded.vocab_raw.iter().map(|&raw| merged.raw_keys[raw as usize].len()).sum();
-    let mut vocab = Strings::with_capacity(encoded.vocab_raw.len() + 2, vocab_bytes + 11);
-    vocab.push(b"[PAD]");
-    vocab.push(b"[MASK]");
-    for &raw in &encoded.vocab_raw {
-        vocab.push(merged.raw_keys[raw as usize]);
-    }
-    let times = layout.timestamps.then_some(&encoded.times[..]);
-    let targets = split::compute(options.split, &encoded.offsets, &encoded.skips, times);
+        vocab
+    };
+    let targets = || {
+        let times = layout.timestamps.then_some(&encoded.times[..]);
+        split::compute(options.split, &encoded.offsets, &encoded.skips, times)
+    };
+    let (session_keys, (vocab, targets)) = rayon::join(keys, || rayon::join(vocab, targets));
     Ok(Dataset {
         session_keys,
         offsets: encoded.offsets,
