@@ -169,9 +169,8 @@ pub fn run(paths: &[PathBuf], format: &Format, options: &Options, progress: &Ato
             ),
         });
     }
-    let encoded = build::encode(rows, &windows, merged.raw_keys.len(), layout.timestamps);
-
-    // Session keys, vocabulary strings and split targets are independent: built side by side.
+    // Session keys are built while items are encoded; then vocabulary strings and split targets
+    // side by side (all independent of each other).
     let keys = || {
         let key_of = |w: &build::Window| groups.keys[sessions[w.session as usize].group as usize];
         let key_bytes: usize = windows.iter().map(|w| key_of(w).len()).sum();
@@ -191,7 +190,7 @@ pub fn run(paths: &[PathBuf], format: &Format, options: &Options, progress: &Ato
         }
         session_keys
     };
-    let vocab = || {
+    let vocab = |encoded: &build::Encoded| {
         let vocab_bytes: usize = encoded.vocab_raw.iter().map(|&raw| merged.raw_keys[raw as usize].len()).sum();
         let mut vocab = Strings::with_capacity(encoded.vocab_raw.len() + 2, vocab_bytes + 11);
         vocab.push(b"[PAD]");
@@ -201,11 +200,15 @@ pub fn run(paths: &[PathBuf], format: &Format, options: &Options, progress: &Ato
         }
         vocab
     };
-    let targets = || {
+    let targets = |encoded: &build::Encoded| {
         let times = layout.timestamps.then_some(&encoded.times[..]);
         split::compute(options.split, &encoded.offsets, &encoded.skips, times)
     };
-    let (session_keys, (vocab, targets)) = rayon::join(keys, || rayon::join(vocab, targets));
+    let (session_keys, (encoded, (vocab, targets))) = rayon::join(keys, || {
+        let encoded = build::encode(rows, &windows, merged.raw_keys.len(), layout.timestamps);
+        let built = rayon::join(|| vocab(&encoded), || targets(&encoded));
+        (encoded, built)
+    });
     Ok(Dataset {
         session_keys,
         offsets: encoded.offsets,
