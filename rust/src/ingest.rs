@@ -9,6 +9,8 @@ mod build;
 mod durations;
 mod fields;
 mod formats;
+mod intern;
+mod scan;
 mod source;
 mod split;
 
@@ -63,6 +65,12 @@ pub struct Strings {
 }
 
 impl Strings {
+    fn with_capacity(strings: usize, bytes: usize) -> Self {
+        let mut offsets = Vec::with_capacity(strings + 1);
+        offsets.push(0);
+        Strings { data: Vec::with_capacity(bytes), offsets }
+    }
+
     fn push(&mut self, s: &[u8]) {
         if self.offsets.is_empty() {
             self.offsets.push(0);
@@ -134,10 +142,14 @@ pub fn run(paths: &[PathBuf], format: &Format, options: &Options, progress: &Ato
         ));
     }
 
-    let merged = build::merge(&parsed.chunks);
+    // Sessions of consecutive rows already in order need no sort, and their order values are
+    // needed later only as times or for gaps and durations.
+    let sorted = layout.consecutive && build::runs_sorted(&parsed.chunks);
+    let keep_order = !sorted || layout.timestamps || layout.gap_cut || options.durations.is_some();
+    let merged = build::merge(&parsed.chunks, keep_order);
     let mut rows = merged.rows;
     let groups = build::group(&mut rows, &merged.runs, layout.consecutive);
-    if layout.ordered {
+    if layout.ordered && !sorted {
         build::sort_groups(&mut rows, &groups);
     }
     let sessions = build::sessions(&rows, &groups, layout.gap_cut.then_some(rules.session_gap));
@@ -157,30 +169,46 @@ pub fn run(paths: &[PathBuf], format: &Format, options: &Options, progress: &Ato
             ),
         });
     }
-    let encoded = build::encode(&rows, &windows, merged.raw_keys.len(), layout.timestamps);
-
-    let mut session_keys = Strings::default();
-    let mut key = Vec::new();
-    for w in &windows {
-        let s = sessions[w.session as usize];
-        key.clear();
-        key.extend_from_slice(groups.keys[s.group as usize]);
-        if let Some(part) = s.part {
-            key.extend_from_slice(format!("#{part}").as_bytes());
+    // Session keys are built while items are encoded; then vocabulary strings and split targets
+    // side by side (all independent of each other).
+    let keys = || {
+        let key_of = |w: &build::Window| groups.keys[sessions[w.session as usize].group as usize];
+        let key_bytes: usize = windows.iter().map(|w| key_of(w).len()).sum();
+        let mut session_keys = Strings::with_capacity(windows.len(), key_bytes);
+        let mut key = Vec::new();
+        for w in &windows {
+            let s = sessions[w.session as usize];
+            key.clear();
+            key.extend_from_slice(groups.keys[s.group as usize]);
+            if let Some(part) = s.part {
+                key.extend_from_slice(format!("#{part}").as_bytes());
+            }
+            if let Some(index) = w.index {
+                key.extend_from_slice(format!(":{index}").as_bytes());
+            }
+            session_keys.push(&key);
         }
-        if let Some(index) = w.index {
-            key.extend_from_slice(format!(":{index}").as_bytes());
+        session_keys
+    };
+    let vocab = |encoded: &build::Encoded| {
+        let vocab_bytes: usize = encoded.vocab_raw.iter().map(|&raw| merged.raw_keys[raw as usize].len()).sum();
+        let mut vocab = Strings::with_capacity(encoded.vocab_raw.len() + 2, vocab_bytes + 11);
+        vocab.push(b"[PAD]");
+        vocab.push(b"[MASK]");
+        for &raw in &encoded.vocab_raw {
+            vocab.push(merged.raw_keys[raw as usize]);
         }
-        session_keys.push(&key);
-    }
-    let mut vocab = Strings::default();
-    vocab.push(b"[PAD]");
-    vocab.push(b"[MASK]");
-    for &raw in &encoded.vocab_raw {
-        vocab.push(merged.raw_keys[raw as usize]);
-    }
-    let times = layout.timestamps.then_some(&encoded.times[..]);
-    let targets = split::compute(options.split, &encoded.offsets, &encoded.skips, times);
+        vocab
+    };
+    let targets = |encoded: &build::Encoded| {
+        let times = layout.timestamps.then_some(&encoded.times[..]);
+        split::compute(options.split, &encoded.offsets, &encoded.skips, times)
+    };
+    let (session_keys, (encoded, (vocab, targets))) = rayon::join(keys, || {
+        let encoded = build::encode(rows, &windows, merged.raw_keys.len(), layout.timestamps);
+        let built = rayon::join(|| vocab(&encoded), || targets(&encoded));
+        (encoded, built)
+    });
     Ok(Dataset {
         session_keys,
         offsets: encoded.offsets,

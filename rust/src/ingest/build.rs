@@ -1,9 +1,12 @@
 //! From parsed chunks to sessions: merge chunk vocabularies, group and order rows, cut sessions
 //! at gaps, derive skips from durations, window/filter/sample, and encode the kept items.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use ahash::AHashMap;
 use rayon::prelude::*;
 
+use super::intern::{same, Table};
 use super::source::Chunk;
 use super::Rules;
 
@@ -30,49 +33,104 @@ pub(crate) struct Merged<'c> {
     pub runs: Vec<(&'c [u8], usize)>,
 }
 
-pub(crate) fn merge(chunks: &[Chunk]) -> Merged<'_> {
-    let mut ids: AHashMap<&[u8], u32> = AHashMap::new();
-    let mut raw_keys: Vec<&[u8]> = Vec::new();
-    let remaps: Vec<Vec<u32>> = chunks
-        .iter()
-        .map(|c| {
-            (0..c.item_keys.len())
-                .map(|i| {
+/// Whether `order` never decreases within a run of consecutive rows with the same key, across
+/// chunk boundaries too: then sessions of consecutive rows are already in order.
+pub(crate) fn runs_sorted(chunks: &[Chunk]) -> bool {
+    let mut last: Option<(&[u8], i64)> = None;
+    for c in chunks.iter().filter(|c| !c.items.is_empty()) {
+        if !c.sorted || last.is_some_and(|(key, order)| key == c.run_keys.get(0) && order > c.order[0]) {
+            return false;
+        }
+        last = Some((c.run_keys.last().expect("rows have runs"), *c.order.last().expect("rows have orders")));
+    }
+    true
+}
+
+/// Merges the chunks: the vocabulary in parallel shards (a key's shard follows from the hash its
+/// chunk computed; raw ids need no particular order), then rows copied in parallel. `order` is
+/// left empty unless `keep_order`.
+pub(crate) fn merge(chunks: &[Chunk], keep_order: bool) -> Merged<'_> {
+    let shards = rayon::current_num_threads().max(1);
+    let shard_of = |h: u64| (((h >> 32) * shards as u64) >> 32) as usize;
+    // Each chunk key's id within its shard, written by the shard that owns it.
+    let in_shard: Vec<Vec<AtomicU32>> =
+        chunks.iter().map(|c| (0..c.item_keys.len()).map(|_| AtomicU32::new(0)).collect()).collect();
+    let shard_keys: Vec<Vec<&[u8]>> = (0..shards)
+        .into_par_iter()
+        .map(|s| {
+            let mut table = Table::new();
+            let mut keys: Vec<&[u8]> = Vec::new();
+            let mut hashes: Vec<u64> = Vec::new();
+            for (c, out) in chunks.iter().zip(&in_shard) {
+                for (i, &h) in c.item_hashes.iter().enumerate() {
+                    if shard_of(h) != s {
+                        continue;
+                    }
                     let key = c.item_keys.get(i);
-                    *ids.entry(key).or_insert_with(|| {
-                        raw_keys.push(key);
-                        raw_keys.len() as u32 - 1
-                    })
-                })
-                .collect()
+                    let id = match table.find(h, |id, _| same(keys[id as usize], key)) {
+                        Ok(id) => id,
+                        Err(at) => {
+                            let id = keys.len() as u32;
+                            keys.push(key);
+                            hashes.push(h);
+                            table.insert(at, id, 0, |j| hashes[j as usize]);
+                            id
+                        }
+                    };
+                    out[i].store(id, Ordering::Relaxed);
+                }
+            }
+            keys
+        })
+        .collect();
+    let mut base = Vec::with_capacity(shards);
+    let mut raw_keys: Vec<&[u8]> = Vec::with_capacity(shard_keys.iter().map(Vec::len).sum());
+    for keys in &shard_keys {
+        base.push(raw_keys.len() as u32);
+        raw_keys.extend_from_slice(keys);
+    }
+    let remaps: Vec<Vec<u32>> = chunks
+        .par_iter()
+        .zip(&in_shard)
+        .map(|(c, ids)| {
+            c.item_hashes.iter().zip(ids).map(|(&h, id)| base[shard_of(h)] + id.load(Ordering::Relaxed)).collect()
         })
         .collect();
     let total: usize = chunks.iter().map(|c| c.items.len()).sum();
     let mut items = vec![0u32; total];
-    let mut rest: &mut [u32] = &mut items;
-    let mut parts = Vec::with_capacity(chunks.len());
-    for c in chunks {
-        let (head, tail) = rest.split_at_mut(c.items.len());
-        parts.push(head);
-        rest = tail;
+    split_like(&mut items, chunks).into_par_iter().zip(chunks.par_iter().zip(remaps.par_iter())).for_each(
+        |(out, (c, remap))| {
+            for (o, &local) in out.iter_mut().zip(&c.items) {
+                *o = remap[local as usize];
+            }
+        },
+    );
+    let mut skips = vec![0u8; total];
+    split_like(&mut skips, chunks).into_par_iter().zip(chunks.par_iter()).for_each(|(out, c)| out.copy_from_slice(&c.skips));
+    let mut order = vec![0i64; if keep_order { total } else { 0 }];
+    if keep_order {
+        split_like(&mut order, chunks).into_par_iter().zip(chunks.par_iter()).for_each(|(out, c)| out.copy_from_slice(&c.order));
     }
-    parts.into_par_iter().zip(chunks.par_iter().zip(remaps.par_iter())).for_each(|(out, (c, remap))| {
-        for (o, &local) in out.iter_mut().zip(&c.items) {
-            *o = remap[local as usize];
-        }
-    });
-    let mut skips = Vec::with_capacity(total);
-    let mut order = Vec::with_capacity(total);
-    let mut runs = Vec::new();
+    let mut runs = Vec::with_capacity(chunks.iter().map(|c| c.run_starts.len()).sum());
+    let mut row = 0;
     for c in chunks {
-        let base = skips.len();
         for (r, &start) in c.run_starts.iter().enumerate() {
-            runs.push((c.run_keys.get(r), base + start as usize));
+            runs.push((c.run_keys.get(r), row + start as usize));
         }
-        skips.extend_from_slice(&c.skips);
-        order.extend_from_slice(&c.order);
+        row += c.items.len();
     }
     Merged { rows: Rows { items, skips, order }, raw_keys, runs }
+}
+
+/// `out` cut into one part per chunk, each as long as the chunk's rows.
+fn split_like<'o, T>(mut out: &'o mut [T], chunks: &[Chunk]) -> Vec<&'o mut [T]> {
+    let mut parts = Vec::with_capacity(chunks.len());
+    for c in chunks {
+        let (head, tail) = out.split_at_mut(c.items.len());
+        parts.push(head);
+        out = tail;
+    }
+    parts
 }
 
 /// Contiguous groups of rows: group `g` is rows `bounds[g]..bounds[g + 1]`.
@@ -270,28 +328,42 @@ pub(crate) struct Encoded {
     pub counts: Vec<u64>,
 }
 
-/// Encodes items: internal ids from 2 in order of first appearance in the kept windows.
-pub(crate) fn encode(rows: &Rows, windows: &[Window], n_raw: usize, keep_times: bool) -> Encoded {
-    let total: usize = windows.iter().map(|w| w.end - w.start).sum();
+/// Encodes items: internal ids from 2 in order of first appearance in the kept windows. When
+/// the windows are all the rows in order (nothing filtered), the row vectors are reused in place.
+pub(crate) fn encode(rows: Rows, windows: &[Window], n_raw: usize, keep_times: bool) -> Encoded {
     let mut remap = vec![u32::MAX; n_raw];
     let mut vocab_raw = Vec::new();
     let mut counts = vec![0u64, 0u64];
+    let mut id_of = |raw: u32| {
+        let id = &mut remap[raw as usize];
+        if *id == u32::MAX {
+            *id = counts.len() as u32;
+            counts.push(0);
+            vocab_raw.push(raw);
+        }
+        counts[*id as usize] += 1;
+        *id
+    };
+    let mut offsets = Vec::with_capacity(windows.len() + 1);
+    offsets.push(0i64);
+    let whole = windows.first().map_or(rows.items.is_empty(), |w| w.start == 0)
+        && windows.windows(2).all(|p| p[0].end == p[1].start)
+        && windows.last().map_or(true, |w| w.end == rows.items.len());
+    if whole {
+        let Rows { mut items, skips, order } = rows;
+        for item in &mut items {
+            *item = id_of(*item);
+        }
+        offsets.extend(windows.iter().map(|w| w.end as i64));
+        let times = if keep_times { order } else { Vec::new() };
+        return Encoded { offsets, items, skips, times, vocab_raw, counts };
+    }
+    let total: usize = windows.iter().map(|w| w.end - w.start).sum();
     let mut items = Vec::with_capacity(total);
     let mut skips = Vec::with_capacity(total);
     let mut times = Vec::with_capacity(if keep_times { total } else { 0 });
-    let mut offsets = Vec::with_capacity(windows.len() + 1);
-    offsets.push(0i64);
     for w in windows {
-        for &raw in &rows.items[w.start..w.end] {
-            let id = &mut remap[raw as usize];
-            if *id == u32::MAX {
-                *id = counts.len() as u32;
-                counts.push(0);
-                vocab_raw.push(raw);
-            }
-            counts[*id as usize] += 1;
-            items.push(*id);
-        }
+        items.extend(rows.items[w.start..w.end].iter().map(|&raw| id_of(raw)));
         skips.extend_from_slice(&rows.skips[w.start..w.end]);
         if keep_times {
             times.extend_from_slice(&rows.order[w.start..w.end]);
@@ -374,12 +446,19 @@ mod tests {
     fn vocabulary_follows_kept_windows() {
         let r = rows(vec![7, 3, 7, 5, 3], vec![0, 1, 0, 0, 1], vec![10, 11, 12, 13, 14]);
         let w = vec![Window { session: 0, index: None, start: 1, end: 3 }, Window { session: 1, index: None, start: 3, end: 5 }];
-        let e = encode(&r, &w, 8, true);
+        let e = encode(r, &w, 8, true);
         assert_eq!(e.items, vec![2, 3, 4, 2]);
         assert_eq!(e.vocab_raw, vec![3, 7, 5]);
         assert_eq!(e.counts, vec![0, 0, 2, 1, 1]);
         assert_eq!(e.offsets, vec![0, 2, 4]);
         assert_eq!(e.times, vec![11, 12, 13, 14]);
         assert_eq!(e.skips, vec![1, 0, 0, 1]);
+        // All rows kept in order: encoded in place, same numbering.
+        let r = rows(vec![7, 3, 7, 5, 3], vec![0, 1, 0, 0, 1], vec![10, 11, 12, 13, 14]);
+        let w = vec![Window { session: 0, index: None, start: 0, end: 3 }, Window { session: 1, index: None, start: 3, end: 5 }];
+        let e = encode(r, &w, 8, false);
+        assert_eq!(e.items, vec![2, 3, 2, 4, 3]);
+        assert_eq!((e.vocab_raw, e.counts, e.offsets), (vec![7, 3, 5], vec![0, 0, 2, 2, 1], vec![0, 3, 5]));
+        assert_eq!((e.skips, e.times), (vec![0, 1, 0, 0, 1], vec![]));
     }
 }

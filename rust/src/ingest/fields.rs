@@ -48,33 +48,43 @@ impl<'a, 's> Fields<'a, 's> {
     }
 
     /// The text of field `i`, with `""` inside a quoted field unescaped.
+    #[inline]
     pub fn text(&self, i: usize) -> Cow<'a, [u8]> {
         let s = self.spans[i];
         let raw = &self.data[s.start..s.end];
         if !s.escaped {
             return Cow::Borrowed(raw);
         }
-        let mut out = Vec::with_capacity(raw.len());
-        let mut j = 0;
-        while j < raw.len() {
-            out.push(raw[j]);
-            j += if raw[j] == b'"' && raw.get(j + 1) == Some(&b'"') { 2 } else { 1 };
-        }
-        Cow::Owned(out)
+        Cow::Owned(unescape(raw))
     }
 
     /// Errors unless the row has exactly `n` fields.
+    #[inline]
     pub fn expect_count(&self, n: usize, delimiter: u8) -> Result<(), FieldError> {
-        let found = self.len();
-        if found == n {
-            return Ok(());
+        if self.len() == n {
+            Ok(())
+        } else {
+            Err(wrong_count(self.len(), n, delimiter))
         }
-        let column = if found < n { found + 1 } else { n + 1 };
-        Err(FieldError::new(
-            column,
-            format!("expected {n} fields separated by {}, found {found}", show_delimiter(delimiter)),
-        ))
     }
+}
+
+#[cold]
+fn wrong_count(found: usize, n: usize, delimiter: u8) -> FieldError {
+    let column = if found < n { found + 1 } else { n + 1 };
+    FieldError::new(column, format!("expected {n} fields separated by {}, found {found}", show_delimiter(delimiter)))
+}
+
+/// `raw` with each `""` turned into `"`.
+#[cold]
+fn unescape(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut j = 0;
+    while j < raw.len() {
+        out.push(raw[j]);
+        j += if raw[j] == b'"' && raw.get(j + 1) == Some(&b'"') { 2 } else { 1 };
+    }
+    out
 }
 
 pub(crate) fn show_delimiter(delimiter: u8) -> String {
@@ -155,15 +165,18 @@ pub(crate) fn show(raw: &[u8]) -> String {
 }
 
 /// Strict boolean (MSSD): `True`/`False`/`true`/`false`.
+#[inline]
 pub(crate) fn strict_bool(raw: &[u8], column: usize) -> Result<bool, FieldError> {
     match raw {
         b"True" | b"true" => Ok(true),
         b"False" | b"false" => Ok(false),
-        _ => Err(FieldError::new(
-            column,
-            format!("expected a boolean (True/False/true/false), found {}", show(raw)),
-        )),
+        _ => Err(not_strict_bool(raw, column)),
     }
+}
+
+#[cold]
+fn not_strict_bool(raw: &[u8], column: usize) -> FieldError {
+    FieldError::new(column, format!("expected a boolean (True/False/true/false), found {}", show(raw)))
 }
 
 /// Lenient boolean (event tables): the strict forms, `1`/`0`, or any number (non-zero = true).
@@ -182,6 +195,7 @@ pub(crate) fn lenient_bool(raw: &[u8], column: usize) -> Result<bool, FieldError
 }
 
 /// A decimal integer with optional sign; `None` if anything else.
+#[inline]
 pub(crate) fn parse_i64(raw: &[u8]) -> Option<i64> {
     let (neg, digits) = match raw.first()? {
         b'-' => (true, &raw[1..]),
@@ -202,9 +216,14 @@ pub(crate) fn parse_i64(raw: &[u8]) -> Option<i64> {
     Some(if neg { -v } else { v })
 }
 
+#[inline]
 pub(crate) fn integer(raw: &[u8], column: usize, what: &str) -> Result<i64, FieldError> {
-    parse_i64(raw)
-        .ok_or_else(|| FieldError::new(column, format!("expected an integer {what}, found {}", show(raw))))
+    parse_i64(raw).ok_or_else(|| not_integer(raw, column, what))
+}
+
+#[cold]
+fn not_integer(raw: &[u8], column: usize, what: &str) -> FieldError {
+    FieldError::new(column, format!("expected an integer {what}, found {}", show(raw)))
 }
 
 pub(crate) fn parse_f64(raw: &[u8]) -> Option<f64> {

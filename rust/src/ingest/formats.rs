@@ -278,12 +278,18 @@ impl Format {
     }
 }
 
+#[inline]
 fn non_empty<'a>(text: Cow<'a, [u8]>, column: usize, what: &str) -> Result<Cow<'a, [u8]>, FieldError> {
     if text.is_empty() {
-        Err(FieldError::new(column, format!("expected a non-empty {what}")))
+        Err(empty_field(column, what))
     } else {
         Ok(text)
     }
+}
+
+#[cold]
+fn empty_field(column: usize, what: &str) -> FieldError {
+    FieldError::new(column, format!("expected a non-empty {what}"))
 }
 
 impl Parser {
@@ -302,6 +308,16 @@ impl Parser {
             Parser::Lfm1k => 6,
             Parser::Lfm2b => 3,
             Parser::Table { n, .. } => n,
+        }
+    }
+
+    /// The field that is a row's item key whenever it is not quoted, if the format has one.
+    pub fn item_field(&self) -> Option<usize> {
+        match *self {
+            Parser::Mssd { track, .. } => Some(track),
+            Parser::Lfm1k => None,
+            Parser::Lfm2b => Some(1),
+            Parser::Table { item, .. } => Some(item),
         }
     }
 

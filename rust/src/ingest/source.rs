@@ -7,11 +7,12 @@ use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ahash::AHashMap;
 use rayon::prelude::*;
 
 use super::fields::{self, FieldError, Fields, Span};
 use super::formats::{Format, Parser};
+use super::intern::{self, same, Interner};
+use super::scan::Marks;
 use crate::error::{Error, Location, Result};
 
 /// Strings stored back to back.
@@ -50,8 +51,12 @@ pub(crate) struct Chunk {
     pub run_starts: Vec<u32>,
     pub items: Vec<u32>,
     pub item_keys: Arena,
+    /// Hash of each item key (see `intern::hash`).
+    pub item_hashes: Vec<u64>,
     pub skips: Vec<u8>,
     pub order: Vec<i64>,
+    /// `order` never decreases within a run.
+    pub sorted: bool,
     pub rows: u64,
     pub bad_rows: u64,
     /// First bad row: its line index within the chunk and the problem.
@@ -73,22 +78,26 @@ struct ChunkParser<'a, 'p> {
     parser: &'p Parser,
     skip_bad: bool,
     chunk: Chunk,
-    borrowed: AHashMap<&'a [u8], u32>,
-    owned: AHashMap<Vec<u8>, u32>,
+    items: Interner,
 }
 
-impl<'a> ChunkParser<'a, '_> {
-    fn lookup(&self, key: &[u8]) -> Option<u32> {
-        match self.borrowed.get(key) {
-            Some(&id) => Some(id),
-            None if self.owned.is_empty() => None,
-            None => self.owned.get(key).copied(),
-        }
+impl<'a, 'p> ChunkParser<'a, 'p> {
+    /// A parser with its row vectors sized for the rows the first lines predict.
+    fn new(data: &'a [u8], parser: &'p Parser, skip_bad: bool) -> Self {
+        let mut chunk = Chunk { sorted: true, ..Chunk::default() };
+        let sample = &data[..data.len().min(1 << 16)];
+        let line_len = sample.len() / (1 + memchr::memchr_iter(b'\n', sample).count());
+        let rows = data.len() / line_len.max(1) * 9 / 8 + 16;
+        chunk.items.reserve(rows);
+        chunk.skips.reserve(rows);
+        chunk.order.reserve(rows);
+        ChunkParser { data, parser, skip_bad, chunk, items: Interner::new() }
     }
 
     /// Handles one line; returns false to stop (first error when not skipping bad rows).
-    fn line(&mut self, line_index: u64, spans: &[Span], count: usize) -> bool {
-        match self.try_line(&Fields { data: self.data, spans, count }) {
+    /// `item_hash` is the hash of a field the row's item key may be (reused when it is).
+    fn line(&mut self, line_index: u64, spans: &[Span], count: usize, item_hash: Option<(u64, &[u8])>) -> bool {
+        match self.try_line(&Fields { data: self.data, spans, count }, item_hash) {
             Ok(()) => true,
             Err(e) => {
                 self.chunk.bad_rows += 1;
@@ -100,65 +109,37 @@ impl<'a> ChunkParser<'a, '_> {
         }
     }
 
-    fn try_line(&mut self, fields: &Fields<'a, '_>) -> std::result::Result<(), FieldError> {
+    fn try_line(&mut self, fields: &Fields<'a, '_>, item_hash: Option<(u64, &[u8])>) -> std::result::Result<(), FieldError> {
         self.chunk.rows += 1;
         let row = self.parser.row(fields)?;
-        let new_run = self.chunk.run_keys.last() != Some(&row.group[..]);
+        let new_run = !self.chunk.run_keys.last().is_some_and(|last| same(last, &row.group));
         if new_run && std::str::from_utf8(&row.group).is_err() {
             return Err(FieldError::new(row.group_col, "invalid UTF-8 in a key field"));
         }
-        let id = match self.lookup(&row.item) {
-            Some(id) => id,
-            None => {
+        let hash = match item_hash {
+            Some((h, field)) if std::ptr::eq(field, &row.item[..]) => h,
+            _ => intern::hash(&row.item),
+        };
+        let id = match self.items.find(&row.item, hash) {
+            Ok(id) => id,
+            Err(at) => {
                 if std::str::from_utf8(&row.item).is_err() {
                     return Err(FieldError::new(row.item_col, "invalid UTF-8 in a key field"));
                 }
-                let id = self.chunk.item_keys.len() as u32;
-                self.chunk.item_keys.push(&row.item);
-                match row.item {
-                    std::borrow::Cow::Borrowed(k) => self.borrowed.insert(k, id),
-                    std::borrow::Cow::Owned(k) => self.owned.insert(k, id),
-                };
-                id
+                self.items.insert(&row.item, at)
             }
         };
         if new_run {
             self.chunk.run_keys.push(&row.group);
             self.chunk.run_starts.push(self.chunk.items.len() as u32);
+        } else if self.chunk.order.last().is_some_and(|&last| row.order < last) {
+            self.chunk.sorted = false;
         }
         self.chunk.items.push(id);
         self.chunk.skips.push(row.skip as u8);
         self.chunk.order.push(row.order);
         Ok(())
     }
-}
-
-/// Position of the first `a` or `b` at or after `from` (or `data.len()`). Fields are short, so
-/// this tests 8 bytes at a time in a register (SWAR) instead of calling a vectorised search.
-#[inline]
-fn find2(data: &[u8], from: usize, a: u8, b: u8) -> usize {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    let (ma, mb) = (LO * a as u64, LO * b as u64);
-    let mut i = from;
-    while i + 8 <= data.len() {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(&data[i..i + 8]);
-        let x = u64::from_le_bytes(word);
-        let (xa, xb) = (x ^ ma, x ^ mb);
-        // A byte of xa/xb is zero exactly where x holds a/b; the lowest flagged byte is exact.
-        let hit = (xa.wrapping_sub(LO) & !xa | xb.wrapping_sub(LO) & !xb) & HI;
-        if hit != 0 {
-            return i + (hit.trailing_zeros() / 8) as usize;
-        }
-        i += 8;
-    }
-    data[i..].iter().position(|&c| c == a || c == b).map_or(data.len(), |k| i + k)
-}
-
-/// Occurrences of `byte` (vectorised by the compiler).
-fn count_byte(data: &[u8], byte: u8) -> usize {
-    data.iter().map(|&c| (c == byte) as usize).sum()
 }
 
 fn trim_cr(data: &[u8], end: usize, start: usize) -> usize {
@@ -171,97 +152,176 @@ fn trim_cr(data: &[u8], end: usize, start: usize) -> usize {
 
 /// Parses the complete lines in `data` (a chunk ends at a newline or the end of the input).
 pub(crate) fn parse_chunk(data: &[u8], parser: &Parser, skip_bad: bool, progress: Option<&AtomicU64>) -> Chunk {
-    let delimiter = parser.delimiter();
-    let mut p = ChunkParser {
-        data,
-        parser,
-        skip_bad,
-        chunk: Chunk::default(),
-        borrowed: AHashMap::new(),
-        owned: AHashMap::new(),
+    let mut reported = 0usize;
+    let mut report = |upto: usize| {
+        if let Some(counter) = progress {
+            if upto - reported >= 1 << 22 || upto == data.len() {
+                counter.fetch_add((upto - reported) as u64, Ordering::Relaxed);
+                reported = upto;
+            }
+        }
     };
+    let mut p = ChunkParser::new(data, parser, skip_bad);
+    let lines = match parse_plain(&mut p, &mut report) {
+        Some(lines) => lines,
+        None => {
+            // A quote: start over with the quote-aware splitter (progress already reported stays).
+            p = ChunkParser::new(data, parser, skip_bad);
+            parse_quoted(&mut p, &mut report)
+        }
+    };
+    report(data.len());
+    let mut chunk = p.chunk;
+    chunk.lines = lines;
+    chunk.item_keys = p.items.keys;
+    chunk.item_hashes = p.items.hashes;
+    chunk
+}
+
+/// A scanned line waiting in the pipeline to be handled.
+#[derive(Clone, Copy, Default)]
+struct Pending {
+    line_index: u64,
+    count: usize,
+    end: usize,
+    /// Hash of the item field (0 when the parser names none or the line lacks it).
+    item_hash: u64,
+}
+
+/// Lines in flight: a line's item key is hashed and its table slot fetched when it is scanned,
+/// its key bytes `KEY_AHEAD` lines later, and the line is handled `HANDLE_AHEAD` lines later,
+/// so the cache misses of interning overlap with scanning instead of stalling every line.
+const RING: usize = 16;
+const KEY_AHEAD: usize = 4;
+const HANDLE_AHEAD: usize = 8;
+
+/// Lines without quotes: locates the fields the parser reads and counts the others. Returns the
+/// number of lines handled, or None as soon as a double quote shows up.
+fn parse_plain(p: &mut ChunkParser, report: &mut impl FnMut(usize)) -> Option<u64> {
+    let data = p.data;
+    let needed = p.parser.needed_fields().max(1);
+    let item_field = p.parser.item_field().filter(|&f| f < needed);
+    let mut marks = Marks::new(data, p.parser.delimiter());
+    let mut ring = [Pending::default(); RING];
+    let mut ring_spans = vec![Span { start: 0, end: 0, escaped: false }; RING * needed];
+    let mut spans: Vec<Span> = Vec::with_capacity(needed);
+    // Lines scanned (blank ones excepted) and lines handled.
+    let (mut scanned, mut handled) = (0usize, 0usize);
+    let mut line_index = 0u64;
+    let mut start = 0usize;
+    while start < data.len() {
+        spans.clear();
+        let mut pos = start;
+        let (end, count) = loop {
+            if spans.len() == needed {
+                let (newline, more) = marks.next_newline();
+                break (newline.unwrap_or(data.len()), needed + 1 + more);
+            }
+            match marks.next() {
+                Some((at, false)) => {
+                    spans.push(Span { start: pos, end: at, escaped: false });
+                    pos = at + 1;
+                }
+                mark => {
+                    let end = mark.map_or(data.len(), |(at, _)| at);
+                    let trimmed = trim_cr(data, end, start);
+                    spans.push(Span { start: pos, end: trimmed.max(pos), escaped: false });
+                    break (end, spans.len());
+                }
+            }
+        };
+        if marks.quoted() {
+            return None;
+        }
+        if !(count == 1 && spans[0].start == spans[0].end) {
+            let item_hash = match item_field {
+                Some(f) if f < count => {
+                    let h = intern::hash(&data[spans[f].start..spans[f].end]);
+                    p.items.prefetch_slot(h);
+                    h
+                }
+                _ => 0,
+            };
+            let k = scanned % RING;
+            ring[k] = Pending { line_index, count, end, item_hash };
+            ring_spans[k * needed..k * needed + spans.len()].copy_from_slice(&spans);
+            scanned += 1;
+            if scanned > KEY_AHEAD {
+                p.items.prefetch_key(ring[(scanned - 1 - KEY_AHEAD) % RING].item_hash);
+            }
+            if scanned > HANDLE_AHEAD {
+                if let Some(stop) = handle(p, &ring, &ring_spans, item_field, handled, report) {
+                    return Some(stop + 1);
+                }
+                handled += 1;
+            }
+        }
+        line_index += 1;
+        start = end + 1;
+    }
+    while handled < scanned {
+        if let Some(stop) = handle(p, &ring, &ring_spans, item_field, handled, report) {
+            return Some(stop + 1);
+        }
+        handled += 1;
+    }
+    Some(line_index)
+}
+
+/// Handles the `n`-th scanned line; returns its index when it stops the parse.
+fn handle(
+    p: &mut ChunkParser,
+    ring: &[Pending; RING],
+    ring_spans: &[Span],
+    item_field: Option<usize>,
+    n: usize,
+    report: &mut impl FnMut(usize),
+) -> Option<u64> {
+    let needed = ring_spans.len() / RING;
+    let (k, line) = (n % RING, ring[n % RING]);
+    let spans = &ring_spans[k * needed..k * needed + needed.min(line.count)];
+    let hint = match item_field {
+        Some(f) if f < line.count => Some((line.item_hash, &p.data[spans[f].start..spans[f].end])),
+        _ => None,
+    };
+    let ok = p.line(line.line_index, spans, line.count, hint);
+    report((line.end + 1).min(p.data.len()));
+    (!ok).then_some(line.line_index)
+}
+
+/// Lines that may hold quoted fields: splits each whole line.
+fn parse_quoted(p: &mut ChunkParser, report: &mut impl FnMut(usize)) -> u64 {
+    let data = p.data;
+    let delimiter = p.parser.delimiter();
     let mut spans: Vec<Span> = Vec::with_capacity(32);
     let mut line_index = 0u64;
-    let mut reported = 0usize;
-    let report = |upto: usize, reported: &mut usize| {
-        if let Some(counter) = progress {
-            if upto - *reported >= 1 << 22 || upto == data.len() {
-                counter.fetch_add((upto - *reported) as u64, Ordering::Relaxed);
-                *reported = upto;
-            }
-        }
-    };
-    if memchr::memchr(b'"', data).is_none() {
-        // Fast path (no quotes): locate the fields the parser reads, count the others.
-        let needed = parser.needed_fields().max(1);
-        let mut start = 0usize;
-        while start < data.len() {
-            spans.clear();
-            let mut pos = start;
-            let mut line_end = None;
-            while spans.len() < needed {
-                let at = find2(data, pos, delimiter, b'\n');
-                spans.push(Span { start: pos, end: at, escaped: false });
-                pos = at + 1;
-                if at == data.len() || data[at] == b'\n' {
-                    line_end = Some(at);
-                    break;
-                }
-            }
-            let (end, count) = match line_end {
-                Some(end) => {
-                    let trimmed = trim_cr(data, end, start);
-                    if let Some(last) = spans.last_mut() {
-                        last.end = last.end.min(trimmed).max(last.start);
+    let mut start = 0usize;
+    while start < data.len() {
+        let nl = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |k| start + k);
+        let end = trim_cr(data, nl, start);
+        let ok = if end == start {
+            true
+        } else {
+            match fields::split_quoted(data, start, end, delimiter, &mut spans) {
+                Ok(()) => p.line(line_index, &spans, spans.len(), None),
+                Err(e) => {
+                    p.chunk.rows += 1;
+                    p.chunk.bad_rows += 1;
+                    if p.chunk.error.is_none() {
+                        p.chunk.error = Some((line_index, e));
                     }
-                    (end, spans.len())
+                    p.skip_bad
                 }
-                None => {
-                    let end = memchr::memchr(b'\n', &data[pos..]).map_or(data.len(), |k| pos + k);
-                    (end, spans.len() + 1 + count_byte(&data[pos..end], delimiter))
-                }
-            };
-            let blank = count == 1 && spans[0].start == spans[0].end;
-            let ok = blank || p.line(line_index, &spans, count);
-            line_index += 1;
-            start = end + 1;
-            report(start.min(data.len()), &mut reported);
-            if !ok {
-                break;
             }
-        }
-    } else {
-        let mut start = 0usize;
-        while start < data.len() {
-            let nl = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |k| start + k);
-            let end = trim_cr(data, nl, start);
-            let ok = if end == start {
-                true
-            } else {
-                match fields::split_quoted(data, start, end, delimiter, &mut spans) {
-                    Ok(()) => p.line(line_index, &spans, spans.len()),
-                    Err(e) => {
-                        p.chunk.rows += 1;
-                        p.chunk.bad_rows += 1;
-                        if p.chunk.error.is_none() {
-                            p.chunk.error = Some((line_index, e));
-                        }
-                        skip_bad
-                    }
-                }
-            };
-            line_index += 1;
-            start = nl + 1;
-            report(start.min(data.len()), &mut reported);
-            if !ok {
-                break;
-            }
+        };
+        line_index += 1;
+        start = nl + 1;
+        report(start.min(data.len()));
+        if !ok {
+            break;
         }
     }
-    report(data.len(), &mut reported);
-    let mut chunk = p.chunk;
-    chunk.lines = line_index;
-    chunk
+    line_index
 }
 
 /// Cuts `data` into about `pieces` parts, each ending just after a newline (or at the end).
@@ -357,15 +417,23 @@ fn number_lines(chunks: &mut [Chunk], first: u64) -> u64 {
     line
 }
 
+const POPULATE_MAX: u64 = 2 << 30;
+
 fn read_plain(file: &Path, format: &Format, skip_bad: bool, progress: &AtomicU64) -> Result<(Parser, Vec<Chunk>)> {
     let handle = File::open(file).map_err(|e| io_error(file, e))?;
     let len = handle.metadata().map_err(|e| io_error(file, e))?.len();
     if len == 0 {
         return Err(empty_error(file));
     }
+    // Mapping all pages at once costs less than faulting them in piece by piece; files over
+    // POPULATE_MAX are left to demand paging, so one larger than memory is not read twice.
+    let mut options = memmap2::MmapOptions::new();
+    if len <= POPULATE_MAX {
+        options.populate();
+    }
     // SAFETY: the map is read-only; inputs are not expected to change while being read
     // (as with any reader, a concurrent truncation would be an outside error).
-    let map = unsafe { memmap2::Mmap::map(&handle) }.map_err(|e| io_error(file, e))?;
+    let map = unsafe { options.map(&handle) }.map_err(|e| io_error(file, e))?;
     let data: &[u8] = &map;
     if data.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(empty_error(file));
@@ -544,12 +612,42 @@ mod tests {
     }
 
     #[test]
-    fn find2_matches_a_plain_search() {
-        let data = b"abc,defghijklmnop\nq,,rstuvwxyz0123456789\xff\x80,x";
-        for from in 0..data.len() {
-            let expected = data[from..].iter().position(|&c| c == b',' || c == b'\n').map_or(data.len(), |k| from + k);
-            assert_eq!(find2(data, from, b',', b'\n'), expected, "from {from}");
+    fn quote_after_plain_lines_reparses_the_chunk() {
+        let mut data = b"a,1,2,t1,False,False,False,True\n".repeat(5);
+        data.extend_from_slice(b"a,2,2,\"t,2\",True,True,True,False\n");
+        let c = parse_chunk(&data, &mssd_parser(), false, None);
+        assert!(c.error.is_none());
+        assert_eq!((c.lines, c.rows), (6, 6));
+        assert_eq!(c.items, vec![0, 0, 0, 0, 0, 1]);
+        assert_eq!(c.item_keys.get(1), b"t,2");
+    }
+
+    #[test]
+    fn stop_and_counts_past_the_scan_ahead() {
+        let mut data = Vec::new();
+        for i in 0..40 {
+            let skip = if i == 25 { "maybe" } else { "True" };
+            data.extend_from_slice(format!("s{},{i},40,t{},False,{skip},True,False\n", i / 7, i % 9).as_bytes());
         }
+        let c = parse_chunk(&data, &mssd_parser(), false, None);
+        assert_eq!((c.lines, c.rows, c.items.len()), (26, 26, 25));
+        assert_eq!(c.error.as_ref().map(|(line, e)| (*line, e.column)), Some((25, 6)));
+        assert_eq!(c.run_starts, vec![0, 7, 14, 21]);
+        let c = parse_chunk(&data, &mssd_parser(), true, None);
+        assert_eq!((c.lines, c.rows, c.bad_rows, c.items.len()), (40, 40, 1, 39));
+        assert_eq!(c.item_keys.len(), 9);
+    }
+
+    #[test]
+    fn runs_sorted_across_chunks() {
+        let chunk = |text: &[u8]| parse_chunk(text, &mssd_parser(), false, None);
+        let head = || chunk(b"s,1,3,t1,False,False,False,True\ns,3,3,t2,False,False,False,True\n");
+        let blank = || chunk(b"\n");
+        let sorted = |chunks: &[Chunk]| crate::ingest::build::runs_sorted(chunks);
+        assert!(sorted(&[head(), blank(), chunk(b"u,1,1,t3,False,False,False,True\n")]));
+        assert!(!sorted(&[head(), blank(), chunk(b"s,2,3,t3,False,False,False,True\n")]));
+        assert!(sorted(&[head(), chunk(b"s,4,4,t3,False,False,False,True\n")]));
+        assert!(!sorted(&[chunk(b"s,2,2,t1,False,False,False,True\ns,1,2,t2,False,False,False,True\n")]));
     }
 
     #[test]
