@@ -237,7 +237,8 @@ pub(crate) fn sessions(rows: &Rows, groups: &Groups, gap: Option<i64>) -> Vec<Se
                 let mut start = a;
                 let mut part = 0;
                 for i in a + 1..=b {
-                    if i == b || rows.order[i] - rows.order[i - 1] > gap {
+                    // Times are within ±2^53 s (see `fields::MAX_ABS_SECONDS`); saturating anyway.
+                    if i == b || rows.order[i].saturating_sub(rows.order[i - 1]) > gap {
                         out.push(Session { group: g as u32, part: Some(part), start, end: i });
                         part += 1;
                         start = i;
@@ -255,7 +256,7 @@ pub(crate) fn skips_from_durations(rows: &mut Rows, sessions: &[Session], durati
     for s in sessions {
         for i in s.start..s.end.saturating_sub(1) {
             let d = duration_of_raw[rows.items[i] as usize];
-            rows.skips[i] = (((rows.order[i + 1] - rows.order[i]) as f64) < d) as u8;
+            rows.skips[i] = ((rows.order[i + 1].saturating_sub(rows.order[i]) as f64) < d) as u8;
         }
         if s.end > s.start {
             rows.skips[s.end - 1] = 0;
@@ -409,6 +410,13 @@ mod tests {
         // track 0 lasts 200 s, track 1 unknown
         skips_from_durations(&mut r, &s, &[200.0, f64::NAN]);
         assert_eq!(r.skips, vec![1, 0, 1, 0]);
+        // Extreme times: a huge gap still cuts, and durations see it as long (no wrap-around).
+        let mut r = rows(vec![0, 0], vec![0; 2], vec![i64::MIN, i64::MAX]);
+        let g = Groups { keys: vec![b"u"], bounds: vec![0, 2] };
+        assert_eq!(sessions(&r, &g, Some(1800)).len(), 2);
+        let one = [Session { group: 0, part: None, start: 0, end: 2 }];
+        skips_from_durations(&mut r, &one, &[200.0]);
+        assert_eq!(r.skips, vec![0, 0]);
     }
 
     #[test]
