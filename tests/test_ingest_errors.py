@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from negrec_fast.data import prepare
+from negrec_fast.data import load_dataset, prepare
 from negrec_fast.data.cli import add_prepare_parser
 from negrec_fast.errors import InputError
 
@@ -175,3 +175,13 @@ def test_cli_summary_and_errors(mssd_sample, tmp_path, capsys):
     del rows[15]  # line 17 of the file
     items, rate = len({r[3] for r in rows}), sum(r[5] == "True" for r in rows) / len(rows)
     assert capsys.readouterr().out.strip() == f"{out}: 200 rows, 11 sessions, {items} items, skip rate {rate:.1%}, 1 bad rows"
+
+
+def test_cli_min_remainder(mssd_sample, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["prepare", "--format", "mssd", str(mssd_sample), str(out), "--max-length", "7", "--min-remainder", "3", "--no-progress"]
+    assert run_cli(argv) == 0
+    rules = load_dataset(out).manifest["rules"]
+    assert (rules["min_length"], rules["max_length"], rules["min_remainder"]) == (6, 7, 3)
+    assert run_cli([*argv[:-3], "--min-remainder", "0", "--overwrite", "--no-progress"]) == 1
+    assert capsys.readouterr().err.strip().endswith("error: min_remainder must be >= 1, got 0")

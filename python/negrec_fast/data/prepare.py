@@ -115,6 +115,7 @@ def prepare(
     skip_rule: str = "skip_2",
     min_length: int = 6,
     max_length: int | None = 20,
+    min_remainder: int = 5,
     require_skip: bool | None = None,
     max_sessions: int | None = None,
     seed: int = 0,
@@ -146,9 +147,10 @@ def prepare(
     (``.parquet`` too for ``events``/``recbole``).
     format: ``mssd`` (Spotify MSSD CSV), ``lfm1k`` (Last.fm 1K TSV), ``lfm2b`` (``user, track,
     time`` TSV), ``events`` (CSV/TSV with a header) or ``recbole`` (``.inter``).
-    Filters, in order: a session (and each window of a cut one) needs ``min_length`` plays;
+    Filters, in order: a session (and each full window of a cut one) needs ``min_length`` plays;
     sessions longer than ``max_length`` (None = no cut) are cut into windows of ``max_length``
-    plays, the remainder kept only with ``min_length`` plays; ``require_skip`` (default: on for
+    plays, the shorter last window (remainder) kept only with ``min_remainder`` plays (defaults
+    6/20/5: windows of 20, remainders of >= 5 kept); ``require_skip`` (default: on for
     MSSD, off otherwise) drops windows without a skip; ``max_sessions`` keeps a ``seed``-ed uniform
     sample in file order. User-keyed timestamped logs are cut into sessions at gaps over
     ``session_gap`` seconds (keys ``user#n``); windows of a cut session get ``:w`` appended.
@@ -168,7 +170,12 @@ def prepare(
         raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
     if on_bad_rows not in ("error", "skip"):
         raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {on_bad_rows!r}")
-    for name, value in (("min_length", min_length), ("max_length", max_length), ("max_sessions", max_sessions)):
+    for name, value in (
+        ("min_length", min_length),
+        ("max_length", max_length),
+        ("min_remainder", min_remainder),
+        ("max_sessions", max_sessions),
+    ):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     if seed < 0:
@@ -198,6 +205,7 @@ def prepare(
         "skip_rule": skip_rule if format == "mssd" else None,
         "min_length": min_length,
         "max_length": max_length,
+        "min_remainder": min_remainder,
         "require_skip": require_skip,
         "max_sessions": max_sessions,
         "seed": seed,
@@ -210,6 +218,7 @@ def prepare(
         skip_rule=skip_rule,
         min_length=min_length,
         max_length=max_length,
+        min_remainder=min_remainder,
         require_skip=require_skip,
         max_sessions=max_sessions,
         seed=seed,
