@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from negrec_fast import __version__, _core
+from negrec_fast.data import parquet
 from negrec_fast.data.dataset import (
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -66,22 +67,6 @@ def _list(offsets: np.ndarray, values: np.ndarray) -> pa.ListArray:
 def _write(path: Path, batch: pa.RecordBatch) -> None:
     with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, batch.schema) as writer:
         writer.write_batch(batch)
-
-
-def _parquet_to_csv(paths: list[Path], workdir: Path) -> list[Path]:
-    """Parquet inputs of the events/recbole formats become CSV files in `workdir`."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    out = []
-    for i, path in enumerate(paths):
-        if path.suffix.lower() == ".parquet":
-            target = workdir / f"{i:04d}-{path.stem}.csv"
-            pacsv.write_csv(pq.read_table(path), target)
-            out.append(target)
-        else:
-            out.append(path)
-    return out
 
 
 def _run_with_progress(paths: list[str], show: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -144,7 +129,8 @@ def prepare(
     """Turns raw logs into a processed dataset folder and returns it loaded (memory-mapped).
 
     input: a file, a folder of shards (read in name order) or a list of them; plain or ``.gz``
-    (``.parquet`` too for ``events``/``recbole``).
+    (``.parquet`` files too for ``events``/``recbole``: only the columns the mapping uses are read,
+    and errors name the Parquet file, data row and column).
     format: ``mssd`` (Spotify MSSD CSV), ``lfm1k`` (Last.fm 1K TSV), ``lfm2b`` (``user, track,
     time`` TSV), ``events`` (CSV/TSV with a header) or ``recbole`` (``.inter``).
     Filters, in order: a session (and each full window of a cut one) needs ``min_length`` plays;
@@ -238,14 +224,20 @@ def prepare(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        converted: list[parquet.Converted] = []
         if format in ("events", "recbole") and any(p.suffix.lower() == ".parquet" for p in inputs):
-            inputs = _parquet_to_csv(inputs, tmp)
-            if delimiter is None:
-                kwargs["delimiter"] = ","
-        raw = _run_with_progress([str(p) for p in inputs], progress, kwargs)
+            kwargs["delimiter"] = delimiter or ","
+            inputs, converted = parquet.to_csv(inputs, tmp, mapping, kwargs["delimiter"], format == "recbole")
+        try:
+            raw = _run_with_progress([str(p) for p in inputs], progress, kwargs)
+        except _core.InputError as e:
+            raise parquet.map_error(e, converted) from None
+        if converted:
+            raw["files"] = parquet.source_files(raw["files"], converted)
+            raw["bytes"] += sum(c.parquet.stat().st_size - c.csv.stat().st_size for c in converted)
+            for c in converted:
+                c.csv.unlink()
         manifest = _write_folder(tmp, raw, format, rules, split, valid_fraction, test_fraction)
-        for p in tmp.glob("*.csv"):  # Parquet conversions
-            p.unlink()
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             out.rename(old / out.name)
