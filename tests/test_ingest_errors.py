@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from negrec_fast.data import prepare
+from negrec_fast.data import load_dataset, prepare
 from negrec_fast.data.cli import add_prepare_parser
 from negrec_fast.errors import InputError
 
@@ -105,6 +105,48 @@ def test_lfm_bad_timestamp(lfm1k_sample, tmp_path):
         prepare(path, tmp_path / "out", format="lfm1k", progress=False)
 
 
+OUT_OF_RANGE = "expected a timestamp within ±9007199254740991 unix seconds (|t| < 2^53"
+
+
+@pytest.mark.parametrize(
+    ("format", "name", "text", "options", "message"),
+    [
+        # A first line with an out-of-range time is a bad data row, not a header.
+        ("lfm2b", "log.tsv", "u1\tt2\t99999999999999999999\n", {}, f"1:3: {OUT_OF_RANGE}), found '99999999999999999999'"),
+        ("lfm2b", "log.tsv", "u1\tt1\t100\nu1\tt2\t1e300\n", {}, f"2:3: {OUT_OF_RANGE}), found '1e300'"),
+        (
+            "events",
+            "log.csv",
+            "user_id,item_id,timestamp\nu,a,100\nu,b,-9223372036854775808\n",
+            {},
+            f"3:3: {OUT_OF_RANGE}), found '-9223372036854775808'",
+        ),
+        (
+            "recbole",
+            "log.inter",
+            "user_id:token\titem_id:token\ttimestamp:float\nu\ta\t9007199254740992000\n",
+            {"timestamp_unit": "ms"},
+            f"2:3: {OUT_OF_RANGE} s; read as milliseconds), found '9007199254740992000'",
+        ),
+    ],
+)
+def test_out_of_range_timestamps(tmp_path, format, name, text, options, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(InputError) as err:
+        prepare(path, tmp_path / "out", format=format, min_length=1, progress=False, **options)
+    assert str(err.value) == f"{path}:{message}"
+    assert_no_output(tmp_path)
+
+
+def test_extreme_timestamps_in_range_are_far_apart(tmp_path):
+    path = tmp_path / "log.tsv"
+    path.write_text("u1\tt1\t9007199254740991\nu1\tt2\t-9007199254740991\nu1\tt3\t100\n")
+    ds = prepare(path, tmp_path / "out", format="lfm2b", min_length=1, progress=False)
+    assert [ds.session_keys[s].as_py() for s in range(ds.n_sessions)] == ["u1#0", "u1#1", "u1#2"]
+    assert ds.timestamps.tolist() == [-9007199254740991, 100, 9007199254740991]
+
+
 def test_existing_output_is_kept_unless_overwrite(mssd_sample, tmp_path):
     out = tmp_path / "out"
     prepare(mssd_sample, out, **KEEP_ALL)
@@ -133,3 +175,13 @@ def test_cli_summary_and_errors(mssd_sample, tmp_path, capsys):
     del rows[15]  # line 17 of the file
     items, rate = len({r[3] for r in rows}), sum(r[5] == "True" for r in rows) / len(rows)
     assert capsys.readouterr().out.strip() == f"{out}: 200 rows, 11 sessions, {items} items, skip rate {rate:.1%}, 1 bad rows"
+
+
+def test_cli_min_remainder(mssd_sample, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["prepare", "--format", "mssd", str(mssd_sample), str(out), "--max-length", "7", "--min-remainder", "3", "--no-progress"]
+    assert run_cli(argv) == 0
+    rules = load_dataset(out).manifest["rules"]
+    assert (rules["min_length"], rules["max_length"], rules["min_remainder"]) == (6, 7, 3)
+    assert run_cli([*argv[:-3], "--min-remainder", "0", "--overwrite", "--no-progress"]) == 1
+    assert capsys.readouterr().err.strip().endswith("error: min_remainder must be >= 1, got 0")

@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from negrec_fast.data import prepare
+from negrec_fast.errors import InputError
 
 KEEP_ALL = dict(min_length=1, max_length=None, progress=False)
 
@@ -75,6 +76,48 @@ def test_parquet_events(tmp_path):
     pq.write_table(table, tmp_path / "log.parquet")
     ds = prepare(tmp_path / "log.parquet", tmp_path / "out", format="events", session="session", item="item", position="pos", skip_column="skipped", **KEEP_ALL)
     assert as_lists(ds) == [("s1", ["a", "b"], [1, 0]), ("s2", ["a"], [1])]
+
+
+def test_parquet_errors_name_the_parquet_row_and_column(tmp_path):
+    table = pa.table(
+        {
+            "user_id": ["u", "u", "u"],
+            "notes": ["a\nb", "", ""],  # not read: not a mapped column
+            "item_id": ["a", "b", "c"],
+            "rating": ["4", "5", "abc"],
+            "timestamp": [1, 2, 3],
+        }
+    )
+    path = tmp_path / "events.parquet"
+    pq.write_table(table, path, row_group_size=2)
+    with pytest.raises(InputError) as err:
+        prepare(path, tmp_path / "out", format="events", rating_column="rating", threshold=3, **KEEP_ALL)
+    assert str(err.value) == f"{path}: row 3, column 'rating' (4): expected a number (a ratio or rating), found 'abc'"
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(InputError) as err:
+        prepare(path, tmp_path / "out", format="events", skip_column="liked", **KEEP_ALL)
+    assert str(err.value) == f"{path}: missing column 'liked' (columns: user_id, notes, item_id, rating, timestamp)"
+    with pytest.raises(InputError) as err:
+        prepare(path, tmp_path / "out", format="events", item="notes", **KEEP_ALL)
+    assert str(err.value) == f"{path}: row 1, column 'notes' (2): expected a value without line breaks"
+    with pytest.raises(InputError) as err:
+        prepare(path, tmp_path / "out", format="events", rating_column="rating", threshold=3, on_bad_rows="skip", min_length=5, progress=False)
+    assert str(err.value).startswith(f"{path}: no session passes the filters (min_length=5")
+
+
+def test_parquet_manifest_names_the_parquet_file(tmp_path):
+    table = pa.table({"user_id": ["u1", "u1", "u2"], "item_id": ["a", "b", "a"], "timestamp": [10, 20, 5], "extra": [1.0, 2.0, 3.0]})
+    path = tmp_path / "events.parquet"
+    pq.write_table(table, path)
+    csv = tmp_path / "more.csv"
+    csv.write_text("user_id,item_id,timestamp,extra\nu3,c,7,0\n")
+    ds = prepare([path, csv], tmp_path / "out", format="events", **KEEP_ALL)
+    assert as_lists(ds) == [("u1#0", ["a", "b"], [0, 0]), ("u2#0", ["a"], [0]), ("u3#0", ["c"], [0])]
+    source = ds.manifest["source"]
+    assert source["paths"] == [str(path), str(csv)]
+    assert source["bytes"] == path.stat().st_size + csv.stat().st_size
+    assert source["rows_read"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.parquet", "more.csv", "out"]
 
 
 def test_mapping_mistakes_are_reported(tmp_path):

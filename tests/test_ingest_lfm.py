@@ -6,8 +6,10 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from negrec_fast.data import prepare
+from negrec_fast.errors import InputError
 
 KEEP_ALL = dict(min_length=1, max_length=None, progress=False)
 
@@ -74,6 +76,26 @@ def test_lfm1k_duration_skips(lfm1k_sample, tmp_path):
         expected += [int(times[i + 1] - times[i] < durations[items[i]]) for i in range(len(items) - 1)] + [0]
     assert ds.skips.tolist() == expected
     assert 0 < sum(expected) < len(expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "at", "found"),
+    [
+        ("track_id\tduration_seconds\nt1\t200\nt2\t-30\n", 3, "'-30'"),
+        ("t1\t200\nt2\tnan\n", 2, "'nan'"),
+        ("t1\tinf\n", 1, "'inf'"),
+        ("track_id,duration_seconds\nt1,-0.5\n", 2, "'-0.5'"),
+    ],
+)
+def test_bad_durations_are_reported(tmp_path, text, at, found):
+    log = tmp_path / "events.tsv"
+    log.write_text("u1\tt1\t1000\nu1\tt2\t1100\n")
+    table = tmp_path / "durations.tsv"
+    table.write_text(text)
+    with pytest.raises(InputError) as err:
+        prepare(log, tmp_path / "out", format="lfm2b", durations=table, **KEEP_ALL)
+    assert str(err.value) == f"{table}:{at}:2: expected a duration in seconds (a finite number >= 0), found {found}"
+    assert not (tmp_path / "out").exists()
 
 
 def test_lfm2b_events_with_header_and_mixed_times(tmp_path):

@@ -71,14 +71,40 @@ def test_paper_defaults(mssd_sample, tmp_path):
     assert ds.n_items == len(kept_tracks)
 
 
-def test_windows_and_remainders(mssd_sample, tmp_path):
-    ds = prepare(mssd_sample, tmp_path / "out", format="mssd", min_length=4, max_length=7, require_skip=False, progress=False)
+@pytest.mark.parametrize("min_remainder", [2, 3, 6])
+def test_windows_and_remainders(mssd_sample, tmp_path, min_remainder):
+    ds = prepare(
+        mssd_sample, tmp_path / "out", format="mssd", min_length=4, max_length=7, min_remainder=min_remainder,
+        require_skip=False, progress=False,
+    )
     expected = []
     for sid, tracks, skips in sessions_of(read_rows(mssd_sample), "skip_2"):
+        if len(tracks) <= 7:
+            if len(tracks) >= 4:
+                expected.append((sid, tracks, skips))
+            continue
         for w, start in enumerate(range(0, len(tracks), 7)):
-            if len(tracks[start : start + 7]) >= 4:
-                expected.append((f"{sid}:{w}", tracks[start : start + 7], skips[start : start + 7]))
+            window = tracks[start : start + 7]
+            if len(window) == 7 or len(window) >= min_remainder:
+                expected.append((f"{sid}:{w}", window, skips[start : start + 7]))
     assert as_lists(ds) == expected
+    assert ds.manifest["rules"]["min_remainder"] == min_remainder
+
+
+def test_paper_window_rule_keeps_a_remainder_of_five(tmp_path):
+    """Windows of 20, a remainder of >= 5 kept, while whole sessions still need 6 plays."""
+    header = "session_id,session_position,session_length,track_id_clean,skip_1,skip_2,skip_3,not_skipped\n"
+    lengths = {"a": 25, "b": 24, "c": 5, "d": 6}
+    rows = [f"{sid},{p},{n},t{p % 9},False,{p % 2 == 0},True,False\n" for sid, n in lengths.items() for p in range(1, n + 1)]
+    path = tmp_path / "log.csv"
+    path.write_text(header + "".join(rows))
+    ds = prepare(path, tmp_path / "out", format="mssd", progress=False)
+    o = ds.offsets
+    keys = [(ds.session_keys[s].as_py(), int(o[s + 1] - o[s])) for s in range(ds.n_sessions)]
+    assert keys == [("a:0", 20), ("a:1", 5), ("b:0", 20), ("d", 6)]
+    assert (ds.manifest["rules"]["min_length"], ds.manifest["rules"]["min_remainder"]) == (6, 5)
+    with pytest.raises(ValueError, match="^min_remainder must be >= 1, got 0$"):
+        prepare(path, tmp_path / "bad", format="mssd", min_remainder=0, progress=False)
 
 
 def test_max_sessions_sample_is_seeded_and_in_order(mssd_sample, tmp_path):

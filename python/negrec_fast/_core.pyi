@@ -27,6 +27,7 @@ def ingest(
     skip_rule: str = "skip_2",
     min_length: int = 6,
     max_length: int | None = 20,
+    min_remainder: int = 5,
     require_skip: bool = False,
     max_sessions: int | None = None,
     seed: int = 0,

@@ -25,12 +25,14 @@ use crate::error::{Error, Result};
 /// Session filters (applied in this order).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rules {
-    /// A session, and each window of a cut session, is kept only with at least this many plays
-    /// (default 6, i.e. "longer than 5" as in the papers).
+    /// A session, and each full window of a cut session, is kept only with at least this many
+    /// plays (default 6, i.e. "longer than 5" as in the papers).
     pub min_length: usize,
-    /// Sessions longer than this are cut into consecutive windows of `max_length` plays; the
-    /// remainder window is kept only if it has at least `min_length` plays. None = no cut.
+    /// Sessions longer than this are cut into consecutive windows of `max_length` plays. None = no cut.
     pub max_length: Option<usize>,
+    /// The last, shorter window of a cut session is kept only with at least this many plays
+    /// (default 5: "cut into windows of 20, keeping a remainder of >= 5").
+    pub min_remainder: usize,
     /// Drop windows without any skipped play.
     pub require_skip: bool,
     /// Keep a seeded uniform sample (without replacement) of this many windows, in file order.
@@ -42,7 +44,15 @@ pub struct Rules {
 
 impl Default for Rules {
     fn default() -> Self {
-        Rules { min_length: 6, max_length: Some(20), require_skip: false, max_sessions: None, seed: 0, session_gap: 1800 }
+        Rules {
+            min_length: 6,
+            max_length: Some(20),
+            min_remainder: 5,
+            require_skip: false,
+            max_sessions: None,
+            seed: 0,
+            session_gap: 1800,
+        }
     }
 }
 
@@ -119,8 +129,8 @@ pub fn input_bytes(paths: &[PathBuf]) -> Result<u64> {
 pub fn run(paths: &[PathBuf], format: &Format, options: &Options, progress: &AtomicU64) -> Result<Dataset> {
     options.split.validate()?;
     let rules = &options.rules;
-    if rules.min_length == 0 || rules.max_length == Some(0) || rules.session_gap < 0 {
-        return Err(Error::Config("min_length and max_length must be >= 1 and session_gap >= 0".into()));
+    if rules.min_length == 0 || rules.max_length == Some(0) || rules.min_remainder == 0 || rules.session_gap < 0 {
+        return Err(Error::Config("min_length, max_length and min_remainder must be >= 1 and session_gap >= 0".into()));
     }
     let files = source::list_files(paths)?;
     let parsed = source::read_all(&files, format, options.skip_bad_rows, progress)?;
@@ -164,8 +174,8 @@ pub fn run(paths: &[PathBuf], format: &Format, options: &Options, progress: &Ato
         return Err(Error::Input {
             file: files[0].clone(),
             message: format!(
-                "no session passes the filters (min_length={}, max_length={:?}, require_skip={})",
-                rules.min_length, rules.max_length, rules.require_skip
+                "no session passes the filters (min_length={}, max_length={:?}, min_remainder={}, require_skip={})",
+                rules.min_length, rules.max_length, rules.min_remainder, rules.require_skip
             ),
         });
     }

@@ -29,8 +29,9 @@ def add_prepare_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("output_dir", metavar="OUTPUT_DIR")
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--skip-rule", default="skip_2", choices=("skip_1", "skip_2", "skip_3", "not_skipped"), help="MSSD skip label")
-    p.add_argument("--min-length", type=int, default=6, help="minimum plays of a kept session/window (default 6)")
+    p.add_argument("--min-length", type=int, default=6, help="minimum plays of a kept session/full window (default 6)")
     p.add_argument("--max-length", type=_max_length, default=20, help="cut longer sessions into windows (0 = no cut)")
+    p.add_argument("--min-remainder", type=int, default=5, help="minimum plays of the last window of a cut session (default 5)")
     p.add_argument("--require-skip", action=argparse.BooleanOptionalAction, default=None, help="drop sessions without a skip (default: on for mssd)")
     p.add_argument("--max-sessions", type=int, default=None, help="keep a seeded uniform sample of this many sessions")
     p.add_argument("--seed", type=int, default=0)
@@ -65,7 +66,7 @@ def run_prepare(args: argparse.Namespace) -> int:
     options = {
         k: getattr(args, k)
         for k in (
-            "skip_rule", "min_length", "max_length", "require_skip", "max_sessions", "seed", "session_gap",
+            "skip_rule", "min_length", "max_length", "min_remainder", "require_skip", "max_sessions", "seed", "session_gap",
             "durations", "split", "valid_fraction", "test_fraction", "on_bad_rows", "progress", "overwrite",
         )
     }

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from negrec_fast import __version__, _core
+from negrec_fast.data import parquet
 from negrec_fast.data.dataset import (
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -68,22 +69,6 @@ def _write(path: Path, batch: pa.RecordBatch) -> None:
         writer.write_batch(batch)
 
 
-def _parquet_to_csv(paths: list[Path], workdir: Path) -> list[Path]:
-    """Parquet inputs of the events/recbole formats become CSV files in `workdir`."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    out = []
-    for i, path in enumerate(paths):
-        if path.suffix.lower() == ".parquet":
-            target = workdir / f"{i:04d}-{path.stem}.csv"
-            pacsv.write_csv(pq.read_table(path), target)
-            out.append(target)
-        else:
-            out.append(path)
-    return out
-
-
 def _run_with_progress(paths: list[str], show: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Runs `_core.ingest`; a helper thread draws input bytes processed while Rust works."""
     if not show:
@@ -115,6 +100,7 @@ def prepare(
     skip_rule: str = "skip_2",
     min_length: int = 6,
     max_length: int | None = 20,
+    min_remainder: int = 5,
     require_skip: bool | None = None,
     max_sessions: int | None = None,
     seed: int = 0,
@@ -143,12 +129,14 @@ def prepare(
     """Turns raw logs into a processed dataset folder and returns it loaded (memory-mapped).
 
     input: a file, a folder of shards (read in name order) or a list of them; plain or ``.gz``
-    (``.parquet`` too for ``events``/``recbole``).
+    (``.parquet`` files too for ``events``/``recbole``: only the columns the mapping uses are read,
+    and errors name the Parquet file, data row and column).
     format: ``mssd`` (Spotify MSSD CSV), ``lfm1k`` (Last.fm 1K TSV), ``lfm2b`` (``user, track,
     time`` TSV), ``events`` (CSV/TSV with a header) or ``recbole`` (``.inter``).
-    Filters, in order: a session (and each window of a cut one) needs ``min_length`` plays;
+    Filters, in order: a session (and each full window of a cut one) needs ``min_length`` plays;
     sessions longer than ``max_length`` (None = no cut) are cut into windows of ``max_length``
-    plays, the remainder kept only with ``min_length`` plays; ``require_skip`` (default: on for
+    plays, the shorter last window (remainder) kept only with ``min_remainder`` plays (defaults
+    6/20/5: windows of 20, remainders of >= 5 kept); ``require_skip`` (default: on for
     MSSD, off otherwise) drops windows without a skip; ``max_sessions`` keeps a ``seed``-ed uniform
     sample in file order. User-keyed timestamped logs are cut into sessions at gaps over
     ``session_gap`` seconds (keys ``user#n``); windows of a cut session get ``:w`` appended.
@@ -168,7 +156,12 @@ def prepare(
         raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
     if on_bad_rows not in ("error", "skip"):
         raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {on_bad_rows!r}")
-    for name, value in (("min_length", min_length), ("max_length", max_length), ("max_sessions", max_sessions)):
+    for name, value in (
+        ("min_length", min_length),
+        ("max_length", max_length),
+        ("min_remainder", min_remainder),
+        ("max_sessions", max_sessions),
+    ):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     if seed < 0:
@@ -198,6 +191,7 @@ def prepare(
         "skip_rule": skip_rule if format == "mssd" else None,
         "min_length": min_length,
         "max_length": max_length,
+        "min_remainder": min_remainder,
         "require_skip": require_skip,
         "max_sessions": max_sessions,
         "seed": seed,
@@ -210,6 +204,7 @@ def prepare(
         skip_rule=skip_rule,
         min_length=min_length,
         max_length=max_length,
+        min_remainder=min_remainder,
         require_skip=require_skip,
         max_sessions=max_sessions,
         seed=seed,
@@ -229,14 +224,20 @@ def prepare(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        converted: list[parquet.Converted] = []
         if format in ("events", "recbole") and any(p.suffix.lower() == ".parquet" for p in inputs):
-            inputs = _parquet_to_csv(inputs, tmp)
-            if delimiter is None:
-                kwargs["delimiter"] = ","
-        raw = _run_with_progress([str(p) for p in inputs], progress, kwargs)
+            kwargs["delimiter"] = delimiter or ","
+            inputs, converted = parquet.to_csv(inputs, tmp, mapping, kwargs["delimiter"], format == "recbole")
+        try:
+            raw = _run_with_progress([str(p) for p in inputs], progress, kwargs)
+        except _core.InputError as e:
+            raise parquet.map_error(e, converted) from None
+        if converted:
+            raw["files"] = parquet.source_files(raw["files"], converted)
+            raw["bytes"] += sum(c.parquet.stat().st_size - c.csv.stat().st_size for c in converted)
+            for c in converted:
+                c.csv.unlink()
         manifest = _write_folder(tmp, raw, format, rules, split, valid_fraction, test_fraction)
-        for p in tmp.glob("*.csv"):  # Parquet conversions
-            p.unlink()
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             out.rename(old / out.name)

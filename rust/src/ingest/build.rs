@@ -237,7 +237,8 @@ pub(crate) fn sessions(rows: &Rows, groups: &Groups, gap: Option<i64>) -> Vec<Se
                 let mut start = a;
                 let mut part = 0;
                 for i in a + 1..=b {
-                    if i == b || rows.order[i] - rows.order[i - 1] > gap {
+                    // Times are within ±2^53 s (see `fields::MAX_ABS_SECONDS`); saturating anyway.
+                    if i == b || rows.order[i].saturating_sub(rows.order[i - 1]) > gap {
                         out.push(Session { group: g as u32, part: Some(part), start, end: i });
                         part += 1;
                         start = i;
@@ -255,7 +256,7 @@ pub(crate) fn skips_from_durations(rows: &mut Rows, sessions: &[Session], durati
     for s in sessions {
         for i in s.start..s.end.saturating_sub(1) {
             let d = duration_of_raw[rows.items[i] as usize];
-            rows.skips[i] = (((rows.order[i + 1] - rows.order[i]) as f64) < d) as u8;
+            rows.skips[i] = ((rows.order[i + 1].saturating_sub(rows.order[i]) as f64) < d) as u8;
         }
         if s.end > s.start {
             rows.skips[s.end - 1] = 0;
@@ -292,7 +293,8 @@ pub(crate) fn filter(rows: &Rows, sessions: &[Session], rules: &Rules) -> Vec<Wi
         let mut index = 0u32;
         while start < sess.end {
             let end = (start + step).min(sess.end);
-            let keep = end - start >= rules.min_length && (!rules.require_skip || rows.skips[start..end].contains(&1));
+            let min = if cut && end - start < step { rules.min_remainder } else { rules.min_length };
+            let keep = end - start >= min && (!rules.require_skip || rows.skips[start..end].contains(&1));
             if keep {
                 out.push(Window { session: s as u32, index: cut.then_some(index), start, end });
             }
@@ -382,7 +384,8 @@ mod tests {
     }
 
     fn rules(min_length: usize, max_length: Option<usize>, require_skip: bool) -> Rules {
-        Rules { min_length, max_length, require_skip, max_sessions: None, seed: 0, session_gap: 1800 }
+        let min_remainder = min_length;
+        Rules { min_length, max_length, min_remainder, require_skip, max_sessions: None, seed: 0, session_gap: 1800 }
     }
 
     #[test]
@@ -409,6 +412,13 @@ mod tests {
         // track 0 lasts 200 s, track 1 unknown
         skips_from_durations(&mut r, &s, &[200.0, f64::NAN]);
         assert_eq!(r.skips, vec![1, 0, 1, 0]);
+        // Extreme times: a huge gap still cuts, and durations see it as long (no wrap-around).
+        let mut r = rows(vec![0, 0], vec![0; 2], vec![i64::MIN, i64::MAX]);
+        let g = Groups { keys: vec![b"u"], bounds: vec![0, 2] };
+        assert_eq!(sessions(&r, &g, Some(1800)).len(), 2);
+        let one = [Session { group: 0, part: None, start: 0, end: 2 }];
+        skips_from_durations(&mut r, &one, &[200.0]);
+        assert_eq!(r.skips, vec![0, 0]);
     }
 
     #[test]
@@ -426,6 +436,25 @@ mod tests {
         assert!(w.is_empty());
         let w = filter(&r, &s, &rules(13, None, false));
         assert_eq!(w, vec![Window { session: 0, index: None, start: 0, end: 13 }]);
+    }
+
+    #[test]
+    fn remainder_has_its_own_minimum() {
+        // The paper's rule: windows of 20, a remainder of >= 5 kept although sessions need 6.
+        let paper = Rules::default();
+        let r = rows(vec![0; 45], vec![0; 45], vec![0; 45]);
+        let spans = |w: Vec<Window>| w.iter().map(|w| (w.index, w.start, w.end)).collect::<Vec<_>>();
+        let one = |end| vec![Session { group: 0, part: None, start: 0, end }];
+        assert_eq!(spans(filter(&r, &one(25), &paper)), vec![(Some(0), 0, 20), (Some(1), 20, 25)]);
+        assert_eq!(spans(filter(&r, &one(24), &paper)), vec![(Some(0), 0, 20)]);
+        assert_eq!(spans(filter(&r, &one(45), &paper)), vec![(Some(0), 0, 20), (Some(1), 20, 40), (Some(2), 40, 45)]);
+        // Whole sessions still need min_length.
+        assert!(filter(&r, &one(5), &paper).is_empty());
+        assert_eq!(spans(filter(&r, &one(6), &paper)), vec![(None, 0, 6)]);
+        let strict = Rules { min_remainder: 6, ..Rules::default() };
+        assert_eq!(spans(filter(&r, &one(25), &strict)), vec![(Some(0), 0, 20)]);
+        let loose = Rules { min_remainder: 1, ..Rules::default() };
+        assert_eq!(spans(filter(&r, &one(21), &loose)), vec![(Some(0), 0, 20), (Some(1), 20, 21)]);
     }
 
     #[test]

@@ -302,28 +302,72 @@ pub(crate) fn parse_iso(raw: &[u8]) -> Option<i64> {
     }
 }
 
+/// Largest accepted |timestamp| in unix seconds (2^53 - 1, about 285 million years): times stay
+/// exact as doubles and differences of two times can never overflow.
+pub(crate) const MAX_ABS_SECONDS: i64 = (1 << 53) - 1;
+
+/// Why a field is not a timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BadTime {
+    Malformed,
+    OutOfRange,
+}
+
+/// An integer of any length with optional sign, or None if anything else; `Err` when it does
+/// not fit in an i128 (far out of any time range).
+fn parse_long_integer(raw: &[u8]) -> Option<Result<i128, BadTime>> {
+    let (neg, digits) = match raw.first()? {
+        b'-' => (true, &raw[1..]),
+        b'+' => (false, &raw[1..]),
+        _ => (false, raw),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let v = digits.iter().try_fold(0i128, |v, &b| v.checked_mul(10)?.checked_add((b - b'0') as i128));
+    Some(v.map(|v| if neg { -v } else { v }).ok_or(BadTime::OutOfRange))
+}
+
 /// A timestamp in unix seconds: from unix time (integer or decimal; milliseconds when `unit_ms`)
-/// or ISO-8601.
-pub(crate) fn parse_time(raw: &[u8], unit_ms: bool) -> Option<i64> {
+/// or ISO-8601; `OutOfRange` beyond [`MAX_ABS_SECONDS`].
+pub(crate) fn parse_time(raw: &[u8], unit_ms: bool) -> Result<i64, BadTime> {
+    let in_range = |secs: i64| if secs.unsigned_abs() <= MAX_ABS_SECONDS as u64 { Ok(secs) } else { Err(BadTime::OutOfRange) };
     let scale = |v: i64| if unit_ms { v.div_euclid(1000) } else { v };
+    // Up to 18 digits: |v| < 10^18, no overflow.
     if let Some(v) = parse_i64(raw) {
-        return Some(scale(v));
+        return in_range(scale(v));
+    }
+    if let Some(v) = parse_long_integer(raw) {
+        let secs = if unit_ms { v?.div_euclid(1000) } else { v? };
+        return i64::try_from(secs).map_err(|_| BadTime::OutOfRange).and_then(in_range);
     }
     if raw.first().is_some_and(|b| b.is_ascii_digit() || *b == b'-') && !raw.contains(&b':') && raw.get(4) != Some(&b'-') {
-        let x = parse_f64(raw)?;
-        let secs = if unit_ms { x / 1000.0 } else { x };
-        return Some(secs.floor() as i64);
+        let x = parse_f64(raw).ok_or(BadTime::Malformed)?;
+        let secs = (if unit_ms { x / 1000.0 } else { x }).floor();
+        return if secs.abs() <= MAX_ABS_SECONDS as f64 { Ok(secs as i64) } else { Err(BadTime::OutOfRange) };
     }
-    parse_iso(raw)
+    parse_iso(raw).ok_or(BadTime::Malformed).and_then(in_range)
 }
 
 pub(crate) fn timestamp(raw: &[u8], column: usize, unit_ms: bool) -> Result<i64, FieldError> {
-    parse_time(raw, unit_ms).ok_or_else(|| {
-        FieldError::new(
-            column,
-            format!("expected a timestamp (unix seconds or ISO-8601 like 2009-05-04T23:08:57Z), found {}", show(raw)),
-        )
-    })
+    parse_time(raw, unit_ms).map_err(|bad| bad_time(raw, column, unit_ms, bad))
+}
+
+#[cold]
+fn bad_time(raw: &[u8], column: usize, unit_ms: bool, bad: BadTime) -> FieldError {
+    let message = match (bad, unit_ms) {
+        (BadTime::Malformed, _) => {
+            format!("expected a timestamp (unix seconds or ISO-8601 like 2009-05-04T23:08:57Z), found {}", show(raw))
+        }
+        (BadTime::OutOfRange, false) => {
+            format!("expected a timestamp within ±{MAX_ABS_SECONDS} unix seconds (|t| < 2^53), found {}", show(raw))
+        }
+        (BadTime::OutOfRange, true) => format!(
+            "expected a timestamp within ±{MAX_ABS_SECONDS} unix seconds (|t| < 2^53 s; read as milliseconds), found {}",
+            show(raw)
+        ),
+    };
+    FieldError::new(column, message)
 }
 
 #[cfg(test)]
@@ -339,10 +383,40 @@ mod tests {
         assert_eq!(parse_iso(b"2000-02-29"), Some(951_782_400));
         assert_eq!(parse_iso(b"2009-13-04T23:08:57Z"), None);
         assert_eq!(parse_iso(b"2009-05-04T23:08:57Zx"), None);
-        assert_eq!(parse_time(b"1241478537", false), Some(1_241_478_537));
-        assert_eq!(parse_time(b"1241478537.9", false), Some(1_241_478_537));
-        assert_eq!(parse_time(b"1241478537999", true), Some(1_241_478_537));
-        assert_eq!(parse_time(b"yesterday", false), None);
+        assert_eq!(parse_time(b"1241478537", false), Ok(1_241_478_537));
+        assert_eq!(parse_time(b"1241478537.9", false), Ok(1_241_478_537));
+        assert_eq!(parse_time(b"1241478537999", true), Ok(1_241_478_537));
+        assert_eq!(parse_time(b"-1.5", false), Ok(-2));
+        assert_eq!(parse_time(b"yesterday", false), Err(BadTime::Malformed));
+        assert_eq!(parse_time(b"-inf", false), Err(BadTime::Malformed));
+    }
+
+    #[test]
+    fn times_out_of_range() {
+        let max = MAX_ABS_SECONDS;
+        assert_eq!(parse_time(max.to_string().as_bytes(), false), Ok(max));
+        assert_eq!(parse_time(format!("-{max}").as_bytes(), false), Ok(-max));
+        for raw in ["9007199254740992", "-9007199254740992", "99999999999999999999", "-9223372036854775808", "1e300", "-9.1e15"] {
+            assert_eq!(parse_time(raw.as_bytes(), false), Err(BadTime::OutOfRange), "{raw}");
+        }
+        let long = "9".repeat(60);
+        assert_eq!(parse_time(long.as_bytes(), false), Err(BadTime::OutOfRange));
+        // Milliseconds: 19 digits can be in range, read exactly (no rounding through f64).
+        assert_eq!(parse_time(b"9007199254740991999", true), Ok(max));
+        assert_eq!(parse_time(b"-9007199254740991000", true), Ok(-max));
+        assert_eq!(parse_time(b"-9007199254740991001", true), Err(BadTime::OutOfRange));
+        assert_eq!(parse_time(b"9007199254740992000", true), Err(BadTime::OutOfRange));
+        let err = timestamp(b"99999999999999999999", 3, false).unwrap_err();
+        assert_eq!(err.column, 3);
+        assert_eq!(
+            err.message,
+            "expected a timestamp within ±9007199254740991 unix seconds (|t| < 2^53), found '99999999999999999999'"
+        );
+        let err = timestamp(b"9007199254740992000", 2, true).unwrap_err();
+        assert_eq!(
+            err.message,
+            "expected a timestamp within ±9007199254740991 unix seconds (|t| < 2^53 s; read as milliseconds), found '9007199254740992000'"
+        );
     }
 
     #[test]

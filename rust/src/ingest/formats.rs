@@ -222,7 +222,8 @@ impl Format {
             Format::Lfm2b => {
                 let third = first_line.split(|&b| b == b'\t').nth(2).unwrap_or(b"");
                 let third = third.strip_suffix(b"\r").unwrap_or(third);
-                Ok((Parser::Lfm2b, fields::parse_time(third, false).is_none()))
+                // A time out of range is a data row (its error is reported), not a header.
+                Ok((Parser::Lfm2b, fields::parse_time(third, false) == Err(fields::BadTime::Malformed)))
             }
             Format::Events(spec) => Self::table(file, first_line, spec, spec.delimiter.unwrap_or_else(|| default_delimiter(file)), false),
             Format::Recbole(spec) => Self::table(file, first_line, spec, spec.delimiter.unwrap_or(b'\t'), true),

@@ -82,7 +82,7 @@ fn input_bytes(paths: Vec<PathBuf>) -> PyResult<u64> {
 /// Parses, labels, filters, encodes and splits the inputs; returns a dict of numpy arrays and counts.
 #[pyfunction]
 #[pyo3(name = "ingest", signature = (
-    paths, format, *, skip_rule="skip_2", min_length=6, max_length=Some(20), require_skip=false,
+    paths, format, *, skip_rule="skip_2", min_length=6, max_length=Some(20), min_remainder=5, require_skip=false,
     max_sessions=None, seed=0, session_gap=1800, split="leave-last-out", valid_fraction=0.1,
     test_fraction=0.1, durations=None, session=None, user=None, item=None, timestamp=None,
     position=None, timestamp_unit="s", skip_column=None, ratio_column=None, play_time_column=None,
@@ -97,6 +97,7 @@ fn run_ingest<'py>(
     skip_rule: &str,
     min_length: usize,
     max_length: Option<usize>,
+    min_remainder: usize,
     require_skip: bool,
     max_sessions: Option<usize>,
     seed: u64,
@@ -169,7 +170,7 @@ fn run_ingest<'py>(
         }
     };
     let options = Options {
-        rules: Rules { min_length, max_length, require_skip, max_sessions, seed, session_gap },
+        rules: Rules { min_length, max_length, min_remainder, require_skip, max_sessions, seed, session_gap },
         split,
         skip_bad_rows,
         durations,
