@@ -58,8 +58,6 @@ def ingest(
 
 # --- sampling and batching (rust/src/python/batching.rs) ---
 
-import numpy as np
-import numpy.typing as npt
 
 class NegativeSampler:
     def __init__(
@@ -68,23 +66,23 @@ class NegativeSampler:
         *,
         distribution: str = "uniform",
         alpha: float = 1.0,
-        item_counts: npt.NDArray[np.uint64] | None = None,
+        item_counts: NDArray[np.uint64] | None = None,
         seed: int = 0,
     ) -> None: ...
     @property
     def vocab_size(self) -> int: ...
     def sample(
-        self, exclude: npt.NDArray[np.int64], k: int, *, epoch: int = 0, rank: int = 0, batch_index: int = 0
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
-    def log_prob(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]: ...
+        self, exclude: NDArray[np.int64], k: int, *, epoch: int = 0, rank: int = 0, batch_index: int = 0
+    ) -> tuple[NDArray[np.int64], NDArray[np.float32]]: ...
+    def log_prob(self, ids: NDArray[np.int64]) -> NDArray[np.float32]: ...
 
 class BatchLoader:
     def __init__(
         self,
-        offsets: npt.NDArray[np.int64],
-        items: npt.NDArray[np.uint32],
-        skips: npt.NDArray[np.uint8],
-        train_end: npt.NDArray[np.int32],
+        offsets: NDArray[np.int64],
+        items: NDArray[np.uint32],
+        skips: NDArray[np.uint8],
+        train_end: NDArray[np.int32],
         *,
         vocab_size: int,
         batch_size: int = 256,
@@ -92,7 +90,7 @@ class BatchLoader:
         n_negatives: int = 1000,
         distribution: str = "uniform",
         alpha: float = 1.0,
-        item_counts: npt.NDArray[np.uint64] | None = None,
+        item_counts: NDArray[np.uint64] | None = None,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
@@ -104,9 +102,9 @@ class BatchLoader:
     @property
     def n_examples(self) -> int: ...
     @property
-    def train_item_counts(self) -> npt.NDArray[np.uint64]:
+    def train_item_counts(self) -> NDArray[np.uint64]:
         """Read-only plays of each id before train_end; popularity uses them unless item_counts is given."""
-    def shard(self, epoch: int) -> npt.NDArray[np.uint32]: ...
+    def shard(self, epoch: int) -> NDArray[np.uint32]: ...
     def epoch(self, epoch: int, start_batch: int = 0) -> EpochIterator: ...
 
 class EpochIterator:
@@ -117,11 +115,11 @@ class EpochIterator:
     def __next__(
         self,
     ) -> tuple[
-        npt.NDArray[np.int64],
-        npt.NDArray[np.bool_],
-        npt.NDArray[np.int64],
-        npt.NDArray[np.float32],
-        npt.NDArray[np.int64],
+        NDArray[np.int64],
+        NDArray[np.bool_],
+        NDArray[np.int64],
+        NDArray[np.float32],
+        NDArray[np.int64],
     ]: ...
     def __len__(self) -> int: ...
     def close(self) -> None: ...
