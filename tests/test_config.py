@@ -52,6 +52,8 @@ def test_round_trip_through_toml(tmp_path):
         (["train.seed=-1"], "train.seed must be in [0, 2**32), got -1"),
         (["loss.alpha=-1"], "loss.alpha must be >= 0, got -1.0"),
         (["train.prefetch=0"], "train.prefetch must be in [1, 64], got 0"),
+        (["model.mask_prob=0"], "model.mask_prob must be in (0, 1], got 0.0"),
+        (["eval.sampled_candidates=100", "eval.exclude_seen=true"], "cannot be combined with eval.sampled_candidates"),
     ],
 )
 def test_bad_configs_name_the_key(overrides, message):

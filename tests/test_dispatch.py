@@ -64,3 +64,23 @@ def test_backend_choice():
         with pytest.raises(ConfigError, match="loss.backend='triton' needs a CUDA device"):
             use_triton("triton", cpu)
     assert LossConfig().backend == "auto"
+
+
+def test_logq_with_padding_rows_kept_has_finite_gradients():
+    """The GPU path keeps padding rows (static shapes); reserved ids have no frequency."""
+    from negrec_fast.kernels.dispatch import rec_loss
+
+    torch.manual_seed(0)
+    q = torch.randn(6, 8, requires_grad=True)
+    w = torch.randn(20, 8, requires_grad=True)
+    targets = torch.tensor([0, 3, 0, 5, 7, 3])
+    freq = torch.zeros(20)
+    freq[2:] = torch.linspace(0.01, 0.2, 18)
+    log_freq = torch.where(freq > 0, freq.log(), torch.zeros_like(freq))
+    args = (q, w, targets, torch.tensor([9, 10, 11]), torch.full((3,), -2.0))
+    kept = rec_loss(LossConfig(logq=True), *args, n_items=18, item_log_freq=log_freq, compact=False)
+    dropped = rec_loss(LossConfig(logq=True), *args, n_items=18, item_log_freq=log_freq, compact=True)
+    torch.testing.assert_close(kept, dropped)
+    grads = torch.autograd.grad(kept, (q, w))
+    assert all(torch.isfinite(g).all() for g in grads)
+    torch.testing.assert_close(grads, torch.autograd.grad(dropped, (q, w)))

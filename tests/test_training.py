@@ -140,6 +140,17 @@ def test_resume_refuses_a_changed_dataset(dataset_dir, tmp_path):
         train(resume=part.run_dir)
 
 
+def test_resume_from_another_directory_with_more_epochs(dataset_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(dataset_dir.parent)
+    part = train(overrides=tiny(Path(dataset_dir.name), tmp_path / "rel", "train.epochs=1"))  # relative data.path
+    assert part.completed and len(part.history) == 1
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="'model.d_model' cannot change when resuming; allowed: train.checkpoint_every"):
+        train(resume=part.run_dir, overrides=["model.d_model=32"])
+    more = train(resume=part.run_dir, overrides=["train.epochs=2"])
+    assert more.completed and [h["epoch"] for h in more.history] == [1, 2]
+
+
 def test_early_stopping_on_skip_mrr_keeps_the_lowest(dataset_dir, tmp_path):
     result = train(overrides=tiny(dataset_dir, tmp_path / "skip", "train.epochs=3",
                                   "train.early_stopping_metric=skip_MRR@10"))

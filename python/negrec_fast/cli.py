@@ -52,6 +52,7 @@ def _recommend(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from negrec_fast.synthetic import generate_mssd
 
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     path = generate_mssd(args.output, n_sessions=args.sessions, n_items=args.items, seed=args.seed)
     print(f"wrote {path}")
     return 0
@@ -79,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model (default: SASRec + skip-InfoNCE on the bundled synthetic data)")
     p.add_argument("--config", help="TOML config file (sections data, model, loss, train, eval, run)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last.pt")
+    p.add_argument(
+        "--resume", metavar="RUN_DIR",
+        help="continue an interrupted run from its last.pt (overrides: only train.epochs, train.max_steps, ...)",
+    )
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. train.epochs=5")
     p.set_defaults(func=_train)
 

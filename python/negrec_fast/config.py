@@ -137,7 +137,8 @@ class Config:
                 f"model.d_model ({self.model.d_model}) must be divisible by model.n_heads ({self.model.n_heads})"
             )
         _unit_interval("model.dropout", self.model.dropout, closed_right=False)
-        _unit_interval("model.mask_prob", self.model.mask_prob, closed_right=True)
+        if not 0 < self.model.mask_prob <= 1:
+            raise ConfigError(f"model.mask_prob must be in (0, 1], got {self.model.mask_prob!r}")
         _positive("loss.n_negatives", self.loss.n_negatives)
         _positive("loss.temperature", self.loss.temperature)
         _positive("loss.nce_temperature", self.loss.nce_temperature)
@@ -154,6 +155,8 @@ class Config:
             raise ConfigError(f"eval.ks must be a non-empty list of positive integers, got {self.eval.ks}")
         _positive("eval.batch_size", self.eval.batch_size)
         _non_negative("eval.sampled_candidates", self.eval.sampled_candidates)
+        if self.eval.sampled_candidates and self.eval.exclude_seen:
+            raise ConfigError("eval.exclude_seen applies to full-catalogue ranking; it cannot be combined with eval.sampled_candidates")
         metric, _, k = self.train.early_stopping_metric.partition("@")
         ranked = metric in ("HR", "NDCG", "MRR") and k.isdigit() and int(k) in self.eval.ks
         if not ranked and self.train.early_stopping_metric != "skip_MRR@10":

@@ -34,6 +34,11 @@ from negrec_fast.objective import BatchTensors, Objective
 from negrec_fast.progress import Progress
 
 CHECKPOINT_FORMAT = 1
+# Config keys a resumed run may change: they do not alter what was already trained.
+RESUME_OVERRIDES = frozenset(
+    {"train.epochs", "train.max_steps", "train.patience", "train.progress", "train.checkpoint_every", "train.device",
+     "train.prefetch"}
+)
 
 
 @dataclass
@@ -58,15 +63,23 @@ def train(
 
     ``config`` is a :class:`Config`, a nested dict, a TOML path or None (defaults);
     ``overrides`` are ``section.key=value`` strings applied on top. With ``resume``, the
-    config is the run folder's own and ``config``/``overrides`` must be empty.
+    config is the run folder's own; only the keys in ``RESUME_OVERRIDES`` (more epochs,
+    another step limit, ...) may be overridden, and the dataset is the one recorded in
+    ``dataset.json``, whatever the current directory.
     """
     if resume is not None:
-        if config is not None or overrides:
-            raise ConfigError("resume continues a run with its own config; do not pass a config or overrides")
+        if config is not None:
+            raise ConfigError("resume continues a run with its own config; do not pass a config")
         run_dir = Path(resume)
         if not (run_dir / "last.pt").is_file():
             raise ConfigError(f"cannot resume {run_dir}: no last.pt checkpoint in it")
-        cfg = load_config(run_dir / "config.toml")
+        for item in overrides:
+            key = item.partition("=")[0].strip()
+            if key not in RESUME_OVERRIDES:
+                raise ConfigError(
+                    f"{key!r} cannot change when resuming; allowed: {', '.join(sorted(RESUME_OVERRIDES))}"
+                )
+        cfg = load_config(run_dir / "config.toml", overrides)
         checkpoint = load_checkpoint(run_dir / "last.pt")
     else:
         cfg = _as_config(config, overrides)
@@ -131,12 +144,7 @@ def environment(device: torch.device) -> dict[str, Any]:
             versions[name] = __import__(name).__version__
         except ImportError:
             versions[name] = None
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        ).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
+    commit = _source_commit()
     return {
         "versions": versions,
         "device": str(device),
@@ -149,6 +157,23 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
+def _source_commit() -> str | None:
+    """Git commit of the negrec-fast source checkout this package runs from (None when installed
+    from a wheel, or when the enclosing repository is another project's)."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=5).stdout.strip()
+
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        if not top or not (Path(top) / "python" / "negrec_fast" / "training.py").resolve() == Path(__file__).resolve():
+            return None
+        return git("rev-parse", "HEAD") or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 class Trainer:
     """One training run; ``fit()`` runs it to the end (or to ``train.max_steps``)."""
 
@@ -158,7 +183,10 @@ class Trainer:
 
         self.cfg = cfg
         self.device = resolve_device(cfg.train.device)
-        self.dataset_dir = dataset_path(cfg, progress=cfg.train.progress)
+        if run_dir is not None:  # resuming: the dataset the run started with
+            self.dataset_dir = Path(json.loads((run_dir / "dataset.json").read_text())["path"])
+        else:
+            self.dataset_dir = dataset_path(cfg, progress=cfg.train.progress)
         self.dataset = load_dataset(self.dataset_dir)
         self._check_dataset(run_dir)
         self.loader = BatchLoader(
@@ -177,13 +205,12 @@ class Trainer:
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
-        counts = torch.from_numpy(np.asarray(self.loader.train_item_counts, dtype=np.float64))
         self.objective = Objective(
             cfg.loss,
             cfg.model.name,
             mask_prob=cfg.model.mask_prob,
             n_items=self.dataset.n_items,
-            item_log_freq=(counts / counts.sum()).log().float().to(self.device),
+            item_log_freq=target_log_frequency(self.dataset, cfg.loss.skipped_targets).to(self.device),
         )
         self.mask_generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 1)
         self.epoch, self.batch, self.step = 0, 0, 0
@@ -292,7 +319,7 @@ class Trainer:
             with Progress(n_batches, "batch", f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not cfg.progress) as bar:
                 bar.count = self.batch
                 tic = time.perf_counter()
-                for batch in self.loader.epoch(self.epoch, start_batch=self.batch):
+                for batch in _batches(self.loader, self.epoch, self.batch):
                     loss, rec, nce = self._train_step(batch)
                     self.batch += 1
                     self.step += 1
@@ -410,6 +437,34 @@ class Trainer:
             test=test,
             history=self.history,
         )
+
+
+def _batches(loader, epoch: int, start: int):
+    """The loader's batches; a batch it cannot build (too few items left to draw the
+    negatives from) becomes a ConfigError naming the settings to change."""
+    iterator = iter(loader.epoch(epoch, start_batch=start))
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except ValueError as exc:
+            raise ConfigError(f"{exc} (loss.n_negatives, train.batch_size)") from None
+        yield batch
+
+
+def target_log_frequency(dataset, skipped_targets: str) -> torch.Tensor:
+    """``[V]`` log frequency of each item among the training plays that are targets (a play with a
+    play before it; kept plays only unless skipped plays are targets too); 0 for items never a
+    target, so the logQ term stays finite where it is masked anyway."""
+    lengths = np.diff(dataset.offsets)
+    position = np.arange(len(dataset.items)) - np.repeat(dataset.offsets[:-1], lengths)
+    target = (position >= 1) & (position < np.repeat(dataset.train_end, lengths))
+    if skipped_targets == "ignore":
+        target &= dataset.skips == 0
+    counts = np.bincount(dataset.items[target], minlength=dataset.vocab_size).astype(np.float64)
+    freq = torch.from_numpy(counts / max(counts.sum(), 1.0))
+    return torch.where(freq > 0, freq.log(), torch.zeros_like(freq)).float()
 
 
 def _seed_everything(seed: int) -> None:

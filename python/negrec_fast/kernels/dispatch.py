@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 
+import torch
 from torch import Tensor
 
 from negrec_fast import losses
@@ -41,16 +42,20 @@ def rec_loss(
     *,
     n_items: int,
     item_log_freq: Tensor | None = None,
+    compact: bool | None = None,
 ) -> Tensor:
     """The main recommendation loss over ``[N, d]`` queries; ``targets == 0`` rows are ignored.
 
     With ``cfg.logq`` (sampled softmax only), each candidate's logit is reduced by the log of
     its expected count in the candidate set: ``log(K q_c)`` for the K sampled negatives
     (``neg_logq = log q_c``) and ``log(N p_c)`` for the N in-batch targets, ``p_c`` being the
-    item's frequency among training plays (``item_log_freq``), the positive included.
+    item's frequency among training targets (``item_log_freq``), the positive included.
+    ``compact`` drops padding rows first (default: on CPU only).
     """
     triton = use_triton(cfg.backend, query)
-    if not query.is_cuda:
+    if compact is None:
+        compact = not query.is_cuda
+    if compact:
         # On CPU, dropping padding rows up front is free and halves the in-batch work; on GPU
         # the shapes stay static (no host sync, CUDA-graph friendly) and masks do the work.
         keep = targets != 0
@@ -62,7 +67,8 @@ def rec_loss(
                 raise ConfigError("loss.logq needs the training item frequencies")
             n_rows = (targets != 0).sum().clamp(min=1).float()
             kwargs["neg_logq"] = neg_logq + math.log(negatives.numel())
-            kwargs["target_logq"] = item_log_freq[targets] + n_rows.log()
+            # padding rows keep a finite (masked) term: an infinite one would give NaN gradients
+            kwargs["target_logq"] = torch.where(targets != 0, item_log_freq[targets] + n_rows.log(), 0.0)
         if triton:
             from negrec_fast.kernels.sampled_softmax import fused_sampled_softmax_loss
 
