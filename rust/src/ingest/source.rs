@@ -112,34 +112,92 @@ impl<'a, 'p> ChunkParser<'a, 'p> {
     fn try_line(&mut self, fields: &Fields<'a, '_>, item_hash: Option<(u64, &[u8])>) -> std::result::Result<(), FieldError> {
         self.chunk.rows += 1;
         let row = self.parser.row(fields)?;
-        let new_run = !self.chunk.run_keys.last().is_some_and(|last| same(last, &row.group));
-        if new_run && std::str::from_utf8(&row.group).is_err() {
-            return Err(FieldError::new(row.group_col, "invalid UTF-8 in a key field"));
-        }
         let hash = match item_hash {
             Some((h, field)) if std::ptr::eq(field, &row.item[..]) => h,
             _ => intern::hash(&row.item),
         };
-        let id = match self.items.find(&row.item, hash) {
+        self.push(&row.group, row.group_col, &row.item, row.item_col, hash, row.skip, row.order)
+    }
+
+    /// Adds a parsed row (its item key hashing to `hash`).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        group: &[u8],
+        group_col: usize,
+        item: &[u8],
+        item_col: usize,
+        hash: u64,
+        skip: bool,
+        order: i64,
+    ) -> std::result::Result<(), FieldError> {
+        let new_run = !self.chunk.run_keys.last().is_some_and(|last| same(last, group));
+        if new_run && std::str::from_utf8(group).is_err() {
+            return Err(FieldError::new(group_col, "invalid UTF-8 in a key field"));
+        }
+        let id = match self.items.find(item, hash) {
             Ok(id) => id,
             Err(at) => {
-                if std::str::from_utf8(&row.item).is_err() {
-                    return Err(FieldError::new(row.item_col, "invalid UTF-8 in a key field"));
+                if std::str::from_utf8(item).is_err() {
+                    return Err(FieldError::new(item_col, "invalid UTF-8 in a key field"));
                 }
-                self.items.insert(&row.item, at)
+                self.items.insert(item, at)
             }
         };
         if new_run {
-            self.chunk.run_keys.push(&row.group);
+            self.chunk.run_keys.push(group);
             self.chunk.run_starts.push(self.chunk.items.len() as u32);
-        } else if self.chunk.order.last().is_some_and(|&last| row.order < last) {
+        } else if self.chunk.order.last().is_some_and(|&last| order < last) {
             self.chunk.sorted = false;
         }
         self.chunk.items.push(id);
-        self.chunk.skips.push(row.skip as u8);
-        self.chunk.order.push(row.order);
+        self.chunk.skips.push(skip as u8);
+        self.chunk.order.push(order);
         Ok(())
     }
+
+    /// An MSSD line whose fields are all well formed, handled without building a generic row
+    /// (same checks as `Parser::row`); false sends the line to the generic path, which
+    /// reports what is wrong with it.
+    #[inline(always)]
+    fn mssd_line(&mut self, m: &MssdColumns, line_index: u64, spans: &[Span], count: usize, item_hash: u64) -> Option<bool> {
+        if count != m.n {
+            return None;
+        }
+        let raw = |i: usize| &self.data[spans[i].start..spans[i].end];
+        let order = fields::parse_i64(raw(m.position))?;
+        let flag = match raw(m.skip) {
+            b"True" | b"true" => true,
+            b"False" | b"false" => false,
+            _ => return None,
+        };
+        let (group, item) = (raw(m.session), raw(m.track));
+        if group.is_empty() || item.is_empty() {
+            return None;
+        }
+        self.chunk.rows += 1;
+        Some(match self.push(group, m.session + 1, item, m.track + 1, item_hash, flag != m.negate, order) {
+            Ok(()) => true,
+            Err(e) => {
+                self.chunk.bad_rows += 1;
+                if self.chunk.error.is_none() {
+                    self.chunk.error = Some((line_index, e));
+                }
+                self.skip_bad
+            }
+        })
+    }
+}
+
+/// Column positions of an MSSD file (see `Parser::Mssd`).
+struct MssdColumns {
+    n: usize,
+    session: usize,
+    position: usize,
+    track: usize,
+    skip: usize,
+    negate: bool,
 }
 
 fn trim_cr(data: &[u8], end: usize, start: usize) -> usize {
@@ -198,9 +256,33 @@ const HANDLE_AHEAD: usize = 8;
 /// Lines without quotes: locates the fields the parser reads and counts the others. Returns the
 /// number of lines handled, or None as soon as a double quote shows up.
 fn parse_plain(p: &mut ChunkParser, report: &mut impl FnMut(usize)) -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("popcnt") && std::arch::is_x86_feature_detected!("bmi1") {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { parse_plain_popcnt(p, report) };
+    }
+    scan_lines(p, report)
+}
+
+/// `scan_lines` compiled with the POPCNT and BMI1 instructions (the delimiter counts and mark
+/// positions are one instruction each instead of a bit-twiddling sequence).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "popcnt,bmi1")]
+unsafe fn parse_plain_popcnt(p: &mut ChunkParser, report: &mut impl FnMut(usize)) -> Option<u64> {
+    scan_lines(p, report)
+}
+
+#[inline(always)]
+fn scan_lines(p: &mut ChunkParser, report: &mut impl FnMut(usize)) -> Option<u64> {
     let data = p.data;
     let needed = p.parser.needed_fields().max(1);
     let item_field = p.parser.item_field().filter(|&f| f < needed);
+    let mssd = match *p.parser {
+        Parser::Mssd { n, session, position, track, skip, negate } => {
+            Some(MssdColumns { n, session, position, track, skip, negate })
+        }
+        _ => None,
+    };
     let mut marks = Marks::new(data, p.parser.delimiter());
     let mut ring = [Pending::default(); RING];
     let mut ring_spans = vec![Span { start: 0, end: 0, escaped: false }; RING * needed];
@@ -250,7 +332,7 @@ fn parse_plain(p: &mut ChunkParser, report: &mut impl FnMut(usize)) -> Option<u6
                 p.items.prefetch_key(ring[(scanned - 1 - KEY_AHEAD) % RING].item_hash);
             }
             if scanned > HANDLE_AHEAD {
-                if let Some(stop) = handle(p, &ring, &ring_spans, item_field, handled, report) {
+                if let Some(stop) = handle(p, &ring, &ring_spans, item_field, mssd.as_ref(), handled, report) {
                     return Some(stop + 1);
                 }
                 handled += 1;
@@ -260,7 +342,7 @@ fn parse_plain(p: &mut ChunkParser, report: &mut impl FnMut(usize)) -> Option<u6
         start = end + 1;
     }
     while handled < scanned {
-        if let Some(stop) = handle(p, &ring, &ring_spans, item_field, handled, report) {
+        if let Some(stop) = handle(p, &ring, &ring_spans, item_field, mssd.as_ref(), handled, report) {
             return Some(stop + 1);
         }
         handled += 1;
@@ -269,17 +351,25 @@ fn parse_plain(p: &mut ChunkParser, report: &mut impl FnMut(usize)) -> Option<u6
 }
 
 /// Handles the `n`-th scanned line; returns its index when it stops the parse.
+#[inline(always)]
 fn handle(
     p: &mut ChunkParser,
     ring: &[Pending; RING],
     ring_spans: &[Span],
     item_field: Option<usize>,
+    mssd: Option<&MssdColumns>,
     n: usize,
     report: &mut impl FnMut(usize),
 ) -> Option<u64> {
     let needed = ring_spans.len() / RING;
     let (k, line) = (n % RING, ring[n % RING]);
     let spans = &ring_spans[k * needed..k * needed + needed.min(line.count)];
+    if let Some(m) = mssd {
+        if let Some(ok) = p.mssd_line(m, line.line_index, spans, line.count, line.item_hash) {
+            report((line.end + 1).min(p.data.len()));
+            return (!ok).then_some(line.line_index);
+        }
+    }
     let hint = match item_field {
         Some(f) if f < line.count => Some((line.item_hash, &p.data[spans[f].start..spans[f].end])),
         _ => None,
@@ -417,7 +507,19 @@ fn number_lines(chunks: &mut [Chunk], first: u64) -> u64 {
     line
 }
 
-const POPULATE_MAX: u64 = 2 << 30;
+const POPULATE_MAX: usize = 2 << 30;
+
+/// Maps the pages of `piece` (inside `map`) in one call before it is parsed, so each worker
+/// populates its own piece instead of taking a page fault per few pages; files over
+/// POPULATE_MAX are left to demand paging, so one larger than memory is not read twice.
+fn populate(map: &memmap2::Mmap, piece: &[u8]) {
+    #[cfg(target_os = "linux")]
+    if map.len() <= POPULATE_MAX {
+        // A hint: kernels before 5.14 refuse it and the pages are faulted in as read.
+        let _ = map.advise_range(memmap2::Advice::PopulateRead, piece.as_ptr() as usize - map.as_ptr() as usize, piece.len());
+    }
+    let _ = (map, piece);
+}
 
 fn read_plain(file: &Path, format: &Format, skip_bad: bool, progress: &AtomicU64) -> Result<(Parser, Vec<Chunk>)> {
     let handle = File::open(file).map_err(|e| io_error(file, e))?;
@@ -425,15 +527,9 @@ fn read_plain(file: &Path, format: &Format, skip_bad: bool, progress: &AtomicU64
     if len == 0 {
         return Err(empty_error(file));
     }
-    // Mapping all pages at once costs less than faulting them in piece by piece; files over
-    // POPULATE_MAX are left to demand paging, so one larger than memory is not read twice.
-    let mut options = memmap2::MmapOptions::new();
-    if len <= POPULATE_MAX {
-        options.populate();
-    }
     // SAFETY: the map is read-only; inputs are not expected to change while being read
     // (as with any reader, a concurrent truncation would be an outside error).
-    let map = unsafe { options.map(&handle) }.map_err(|e| io_error(file, e))?;
+    let map = unsafe { memmap2::Mmap::map(&handle) }.map_err(|e| io_error(file, e))?;
     let data: &[u8] = &map;
     if data.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(empty_error(file));
@@ -445,8 +541,16 @@ fn read_plain(file: &Path, format: &Format, skip_bad: bool, progress: &AtomicU64
         progress.fetch_add(after as u64, Ordering::Relaxed);
     }
     let pieces = split_at_newlines(body, pieces_for(body.len()));
-    let mut chunks: Vec<Chunk> = pieces.par_iter().map(|p| parse_chunk(p, &parser, skip_bad, Some(progress))).collect();
+    let mut chunks: Vec<Chunk> = pieces
+        .par_iter()
+        .map(|p| {
+            populate(&map, p);
+            parse_chunk(p, &parser, skip_bad, Some(progress))
+        })
+        .collect();
     number_lines(&mut chunks, header as u64);
+    // The chunks own what they keep: unmapping (page table teardown) overlaps with what follows.
+    std::thread::spawn(move || drop(map));
     Ok((parser, chunks))
 }
 
