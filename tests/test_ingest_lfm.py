@@ -49,7 +49,7 @@ def test_lfm1k_sessions_at_30_minute_gaps(lfm1k_sample, tmp_path):
     assert ds.n_sessions == len(expected)
     assert as_lists(ds) == expected
     assert {k.split("#")[0] for k, _, _ in expected} == {"user_000001", "user_000002"}
-    assert int(ds.skips.sum()) == 0  # no durations: no skips
+    assert int(ds.skips.sum()) == 0  # without a track-length table nothing is a skip
     assert all((np.diff(ds.timestamps[ds.offsets[s] : ds.offsets[s + 1]]) >= 0).all() for s in range(ds.n_sessions))
 
 
@@ -94,7 +94,8 @@ def test_bad_durations_are_reported(tmp_path, text, at, found):
     table.write_text(text)
     with pytest.raises(InputError) as err:
         prepare(log, tmp_path / "out", format="lfm2b", durations=table, **KEEP_ALL)
-    assert str(err.value) == f"{table}:{at}:2: expected a duration in seconds (a finite number >= 0), found {found}"
+    message = f"{table}:{at}:2: expected a duration in seconds (a finite number >= 0), found {found}"
+    assert str(err.value) == message
     assert not (tmp_path / "out").exists()
 
 
