@@ -280,7 +280,7 @@ mod tests {
         ]);
         let path = write(dir.path(), "log.csv", &text);
         let p = AtomicU64::new(0);
-        let d = run(&[path.clone()], &Format::Mssd(SkipRule::Skip2), &options(3, None, true), &p).unwrap();
+        let d = run(std::slice::from_ref(&path), &Format::Mssd(SkipRule::Skip2), &options(3, None, true), &p).unwrap();
         assert_eq!(p.load(std::sync::atomic::Ordering::Relaxed), text.len() as u64);
         assert_eq!(d.offsets, vec![0, 3, 6]);
         assert_eq!(d.items, vec![2, 3, 2, 4, 3, 5]);
@@ -331,7 +331,7 @@ mod tests {
         let fmt = Format::Mssd(SkipRule::Skip2);
         let bad = HEADER.to_string() + "s,1,2,a,False,False,False,True\ns,x,2,b,False,False,False,True\n";
         let path = write(dir.path(), "bad.csv", &bad);
-        let err = run(&[path.clone()], &fmt, &options(1, None, false), &p).unwrap_err().to_string();
+        let err = run(std::slice::from_ref(&path), &fmt, &options(1, None, false), &p).unwrap_err().to_string();
         assert_eq!(err, format!("{}:3:2: expected an integer session_position, found 'x'", path.display()));
         let mut skipping = options(1, None, false);
         skipping.skip_bad_rows = true;

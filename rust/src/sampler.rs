@@ -6,10 +6,12 @@
 //! same whatever thread runs them and whenever.
 
 mod alias;
+mod popularity;
 pub mod rng;
 
 use crate::error::{Error, Result};
 pub use alias::AliasTable;
+use popularity::CountClasses;
 use rng::Rng;
 
 /// Ids `0` (padding) and `1` (mask) are reserved and never drawn.
@@ -19,7 +21,7 @@ pub const N_RESERVED: u32 = 2;
 const STREAM_NEGATIVES: u64 = 0x6e65_6761_7469_7665;
 
 /// Candidates drawn at a time before checking them (lets table lookups overlap).
-const DRAW_BLOCK: usize = 32;
+const DRAW_BLOCK: usize = popularity::DRAW_BATCH;
 
 /// How negatives are distributed over the real items.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -50,7 +52,11 @@ impl Distribution {
 
 enum Table {
     Uniform { logq: f32 },
-    Popularity { alias: AliasTable, logq: Vec<f32> },
+    /// `classes` draws real items (id minus [`N_RESERVED`]); `logq` is per real item.
+    Popularity {
+        classes: CountClasses,
+        logq: Vec<f32>,
+    },
 }
 
 /// Draws negatives from a catalogue of `vocab_size` ids (the first [`N_RESERVED`] excluded).
@@ -69,6 +75,11 @@ pub struct Scratch {
 }
 
 impl Scratch {
+    #[inline]
+    fn set(&mut self, id: u32) {
+        self.bits[(id >> 6) as usize] |= 1u64 << (id & 63);
+    }
+
     #[inline]
     fn test_and_set(&mut self, id: u32) -> bool {
         let word = &mut self.bits[(id >> 6) as usize];
@@ -145,18 +156,20 @@ impl NegativeSampler {
         }
     }
 
-    /// Fills `out` with independent draws from the distribution (with replacement).
+    /// Fills `ids` with independent draws from the distribution (with replacement) and
+    /// `logq` with their log-probabilities.
     #[inline]
-    fn draw_many(&self, rng: &mut Rng, out: &mut [u32]) {
+    fn draw_many(&self, rng: &mut Rng, ids: &mut [u32], logq: &mut [f32]) {
         match &self.table {
-            Table::Uniform { .. } => {
+            Table::Uniform { logq: uniform } => {
                 let n = (self.vocab_size - N_RESERVED) as u64;
-                out.iter_mut()
+                ids.iter_mut()
                     .for_each(|id| *id = N_RESERVED + rng.below(n) as u32);
+                logq.fill(*uniform);
             }
-            Table::Popularity { alias, .. } => {
-                alias.draw_many(rng, out);
-                out.iter_mut().for_each(|id| *id += N_RESERVED);
+            Table::Popularity { classes, .. } => {
+                classes.draw_many(rng, ids, logq);
+                ids.iter_mut().for_each(|id| *id += N_RESERVED);
             }
         }
     }
@@ -208,19 +221,16 @@ impl NegativeSampler {
         if scratch.bits.len() != words {
             scratch.bits = vec![0; words];
         }
-        let mut n_distinct_excluded = 0;
         for (pos, &id) in exclude.iter().enumerate() {
             if id as u64 >= self.vocab_size as u64 {
                 clear(scratch, &exclude[..pos], &[]);
                 return check_ids(exclude, self.vocab_size, "exclude");
             }
-            if id >= N_RESERVED as i64 {
-                n_distinct_excluded += !scratch.test_and_set(id as u32) as usize;
-            }
+            scratch.set(id as u32); // reserved ids too: they are never drawn anyway
         }
-        if k + n_distinct_excluded > self.n_positive {
-            // Exact count only when the cheap bound fails: excluded ids of probability 0
-            // do not shrink the pool.
+        if k + exclude.len() > self.n_positive {
+            // Exact count only when the cheap bound fails: repeated ids and excluded ids of
+            // probability 0 do not shrink the pool.
             let n_allowed = self.n_positive
                 - (N_RESERVED..self.vocab_size)
                     .filter(|&id| is_set(scratch, id) && self.logq(id) > f32::NEG_INFINITY)
@@ -232,13 +242,14 @@ impl NegativeSampler {
         }
         let budget = 32 * k + 4096;
         let mut draws = 0;
-        let mut block = [0u32; DRAW_BLOCK];
+        let (mut block, mut block_logq) = ([0u32; DRAW_BLOCK], [0f32; DRAW_BLOCK]);
         'draw: while ids.len() < k && draws < budget {
             draws += DRAW_BLOCK;
-            self.draw_many(rng, &mut block);
-            for &id in &block {
+            self.draw_many(rng, &mut block, &mut block_logq);
+            for (&id, &lq) in block.iter().zip(&block_logq) {
                 if !scratch.test_and_set(id) {
                     ids.push(id as i64);
+                    logq.push(lq);
                     if ids.len() == k {
                         break 'draw;
                     }
@@ -246,9 +257,10 @@ impl NegativeSampler {
             }
         }
         if ids.len() < k {
+            let first_fallback = ids.len();
             self.gumbel_top_k(k - ids.len(), rng, scratch, ids);
+            logq.extend(ids[first_fallback..].iter().map(|&id| self.logq(id as u32)));
         }
-        logq.extend(ids.iter().map(|&id| self.logq(id as u32)));
         clear(scratch, exclude, ids);
         Ok(())
     }
@@ -299,8 +311,10 @@ fn is_set(scratch: &Scratch, id: u32) -> bool {
 
 /// Restores the all-zero invariant of the scratch bitset after a call.
 fn clear(scratch: &mut Scratch, exclude: &[i64], drawn: &[i64]) {
-    for &id in exclude.iter().chain(drawn) {
-        scratch.bits[(id as u64 >> 6) as usize] = 0;
+    for ids in [exclude, drawn] {
+        for &id in ids {
+            scratch.bits[(id as u64 >> 6) as usize] = 0;
+        }
     }
 }
 
@@ -336,26 +350,20 @@ fn popularity_table(counts: &[u64], alpha: f64) -> Result<(Table, usize)> {
     }
     // Scaled by the largest count so that large alphas cannot overflow.
     let log_max = (max as f64).ln();
-    let weights: Vec<f64> = counts
-        .iter()
-        .map(|&c| {
-            if c == 0 {
-                0.0
-            } else {
-                (alpha * ((c as f64).ln() - log_max)).exp()
-            }
-        })
-        .collect();
-    let log_total = weights.iter().sum::<f64>().ln();
-    let logq = weights
-        .iter()
-        .map(|&w| (w.ln() - log_total) as f32)
-        .collect();
-    let n_positive = weights.iter().filter(|&&w| w > 0.0).count();
+    let weight = |c: u64| {
+        if c == 0 {
+            0.0
+        } else {
+            (alpha * ((c as f64).ln() - log_max)).exp()
+        }
+    };
+    let log_total = counts.iter().map(|&c| weight(c)).sum::<f64>().ln();
+    let logq = |c: u64| (weight(c).ln() - log_total) as f32;
+    let n_positive = counts.iter().filter(|&&c| weight(c) > 0.0).count();
     Ok((
         Table::Popularity {
-            alias: AliasTable::new(&weights),
-            logq,
+            classes: CountClasses::new(counts, weight, logq),
+            logq: counts.iter().map(|&c| logq(c)).collect(),
         },
         n_positive,
     ))

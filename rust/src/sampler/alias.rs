@@ -3,22 +3,33 @@
 use super::rng::Rng;
 
 /// Draws column `i` with probability `weights[i] / sum(weights)`; zero weights are never drawn.
+///
+/// Each column may carry a payload `P` of its own and of its alias (the sampler stores log q
+/// there), so one draw reads one table entry and returns the id with its payload.
 #[derive(Clone, Debug)]
-pub struct AliasTable {
-    /// One cache access per draw: threshold and alias of a column side by side.
-    columns: Vec<Column>,
+pub struct AliasTable<P: Copy = ()> {
+    columns: Vec<Column<P>>,
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Column {
+struct Column<P> {
     /// Keep the column when a uniform u32 is below this, else take `alias`.
     threshold: u32,
     alias: u32,
+    own: P,
+    of_alias: P,
 }
 
-impl AliasTable {
+impl AliasTable<()> {
     /// Builds the table; `weights` must be finite, non-negative, with a positive sum.
     pub fn new(weights: &[f64]) -> Self {
+        Self::with_payload(weights, |_| ())
+    }
+}
+
+impl<P: Copy> AliasTable<P> {
+    /// Builds the table, column `i` carrying `payload(i)`.
+    pub fn with_payload(weights: &[f64], payload: impl Fn(usize) -> P) -> Self {
         let n = weights.len();
         let total: f64 = weights.iter().sum();
         debug_assert!(n > 0 && total > 0.0 && total.is_finite());
@@ -52,37 +63,40 @@ impl AliasTable {
         let columns = threshold
             .into_iter()
             .zip(alias)
-            .map(|(threshold, alias)| Column { threshold, alias });
+            .enumerate()
+            .map(|(i, (threshold, alias))| Column {
+                threshold,
+                alias,
+                own: payload(i),
+                of_alias: payload(alias as usize),
+            });
         AliasTable {
             columns: columns.collect(),
         }
     }
 
-    /// One draw from one 64-bit word: the column from a multiply-shift of the whole word
-    /// (bias <= n / 2^64), the coin from its low 32 bits.
+    /// The column a 64-bit word picks: a multiply-shift of the whole word (bias <= n / 2^64).
     #[inline]
-    fn resolve(&self, word: u64) -> u32 {
-        let column = ((word as u128 * self.columns.len() as u128) >> 64) as usize;
+    fn column(&self, word: u64) -> usize {
+        ((word as u128 * self.columns.len() as u128) >> 64) as usize
+    }
+
+    /// One draw from one random word, with its payload: the column from [`Self::column`],
+    /// the coin from the word's low 32 bits.
+    #[inline]
+    pub fn pick(&self, word: u64) -> (u32, P) {
+        let column = self.column(word);
         let entry = self.columns[column];
         if (word as u32) < entry.threshold {
-            column as u32
+            (column as u32, entry.own)
         } else {
-            entry.alias
+            (entry.alias, entry.of_alias)
         }
     }
 
     #[inline]
     pub fn draw(&self, rng: &mut Rng) -> u32 {
-        self.resolve(rng.next_u64())
-    }
-
-    /// Fills `out` with independent draws (a tight loop, so the cache misses of the table
-    /// lookups overlap).
-    #[inline]
-    pub fn draw_many(&self, rng: &mut Rng, out: &mut [u32]) {
-        for slot in out.iter_mut() {
-            *slot = self.resolve(rng.next_u64());
-        }
+        self.pick(rng.next_u64()).0
     }
 }
 
@@ -122,6 +136,18 @@ mod tests {
                     "column {i}: {freq} vs {expected}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn payloads_follow_the_drawn_column() {
+        let weights = [1.0, 0.0, 3.0, 0.5, 2.0];
+        let table = AliasTable::with_payload(&weights, |i| 10 * i as u32);
+        let mut rng = Rng::keyed(&[3]);
+        for _ in 0..1000 {
+            let (id, payload) = table.pick(rng.next_u64());
+            assert_ne!(id, 1);
+            assert_eq!(payload, 10 * id);
         }
     }
 
