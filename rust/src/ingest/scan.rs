@@ -6,15 +6,67 @@
 /// stops at page boundaries).
 const PREFETCH_AHEAD: usize = 1024;
 
-/// Delimiters and newlines of `data`, consumed in order.
-pub(crate) struct Marks<'a> {
+/// Delimiters and newlines of `data`, consumed in order, found with the block kernel `K`.
+pub(crate) struct Marks<'a, K> {
     data: &'a [u8],
     delimiter: u8,
+    kernel: K,
     /// Start of the current 64-byte block; bit `k` of a mask = byte `base + k`.
     base: usize,
     delimiters: u64,
     newlines: u64,
     quoted: bool,
+}
+
+/// Computes the masks of one 64-byte block: bytes equal to the delimiter, to a newline, and
+/// whether any is a double quote.
+pub(crate) trait Kernel: Copy {
+    fn masks(self, block: &[u8; 64], delimiter: u8) -> (u64, u64, bool);
+}
+
+/// SSE2 compares, 16 bytes at a time (in every x86-64 CPU); plain code elsewhere.
+#[derive(Clone, Copy)]
+pub(crate) struct Baseline;
+
+impl Kernel for Baseline {
+    #[inline(always)]
+    fn masks(self, block: &[u8; 64], delimiter: u8) -> (u64, u64, bool) {
+        masks64(block, delimiter)
+    }
+}
+
+/// AVX-512BW compares of the whole block at once. A value exists only on CPUs that have it.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(crate) struct Avx512(());
+
+#[cfg(target_arch = "x86_64")]
+impl Avx512 {
+    pub fn detect() -> Option<Self> {
+        std::arch::is_x86_feature_detected!("avx512bw").then_some(Avx512(()))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Kernel for Avx512 {
+    #[inline(always)]
+    fn masks(self, block: &[u8; 64], delimiter: u8) -> (u64, u64, bool) {
+        // SAFETY: an `Avx512` value proves the CPU has AVX-512BW; the load reads `block`.
+        unsafe { masks64_avx512(block, delimiter) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512bw")]
+#[inline]
+fn masks64_avx512(block: &[u8; 64], delimiter: u8) -> (u64, u64, bool) {
+    use std::arch::x86_64::*;
+    // SAFETY: an unaligned 64-byte read inside `block`.
+    let v = unsafe { _mm512_loadu_si512(block.as_ptr() as *const __m512i) };
+    let d = _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(delimiter as i8));
+    let n = _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(b'\n' as i8));
+    let q = _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(b'"' as i8));
+    (d, n, q != 0)
 }
 
 /// Masks of the bytes of `block` equal to `delimiter`, to a newline, and to a double quote (any).
@@ -51,13 +103,14 @@ fn masks64(block: &[u8; 64], delimiter: u8) -> (u64, u64, bool) {
     (md, mn, q)
 }
 
-impl<'a> Marks<'a> {
-    pub fn new(data: &'a [u8], delimiter: u8) -> Self {
-        let mut m = Marks { data, delimiter, base: 0, delimiters: 0, newlines: 0, quoted: false };
+impl<'a, K: Kernel> Marks<'a, K> {
+    pub fn new(data: &'a [u8], delimiter: u8, kernel: K) -> Self {
+        let mut m = Marks { data, delimiter, kernel, base: 0, delimiters: 0, newlines: 0, quoted: false };
         m.load();
         m
     }
 
+    #[inline(always)]
     fn load(&mut self) {
         let rest = &self.data[self.base.min(self.data.len())..];
         #[cfg(target_arch = "x86_64")]
@@ -66,12 +119,12 @@ impl<'a> Marks<'a> {
             std::arch::x86_64::_mm_prefetch(rest.as_ptr().wrapping_add(PREFETCH_AHEAD) as *const i8, std::arch::x86_64::_MM_HINT_T0)
         }
         let (d, n, q) = if rest.len() >= 64 {
-            masks64(rest[..64].try_into().expect("64 bytes"), self.delimiter)
+            self.kernel.masks(rest[..64].try_into().expect("64 bytes"), self.delimiter)
         } else {
             // Zero padding: a zero delimiter would match it, hence the mask of valid bits.
             let mut block = [0u8; 64];
             block[..rest.len()].copy_from_slice(rest);
-            let (d, n, q) = masks64(&block, self.delimiter);
+            let (d, n, q) = self.kernel.masks(&block, self.delimiter);
             let valid = if rest.is_empty() { 0 } else { u64::MAX >> (64 - rest.len()) };
             (d & valid, n & valid, q)
         };
@@ -145,23 +198,31 @@ mod tests {
 
     #[test]
     fn marks_match_a_plain_search() {
+        check_kernel(Baseline);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(kernel) = Avx512::detect() {
+            check_kernel(kernel);
+        }
+    }
+
+    fn check_kernel<K: Kernel>(kernel: K) {
         let mut data: Vec<u8> = b"abc,defghijklmnop\nq,,rstuvwxyz0123456789\xff\x80,x\n".repeat(5);
         data.extend_from_slice(b",\n\n,,tail");
         for len in [0, 1, 17, 18, 63, 64, 65, 130, data.len()] {
             let d = &data[..len];
             let expected: Vec<(usize, bool)> =
                 d.iter().enumerate().filter(|(_, &c)| c == b',' || c == b'\n').map(|(i, &c)| (i, c == b'\n')).collect();
-            let mut m = Marks::new(d, b',');
+            let mut m = Marks::new(d, b',', kernel);
             let found: Vec<(usize, bool)> = std::iter::from_fn(|| m.next()).collect();
             assert_eq!(found, expected, "len {len}");
         }
         // After two marks, jump to the line end counting the delimiters on the way.
-        let mut m = Marks::new(&data, b',');
+        let mut m = Marks::new(&data, b',', kernel);
         assert_eq!((m.next(), m.next()), (Some((3, false)), Some((17, true))));
         assert_eq!(m.next(), Some((19, false)));
         assert_eq!(m.next_newline(), (Some(44), 2));
         let tail = data.len() - 9;
-        let mut m = Marks::new(&data[tail..], b',');
+        let mut m = Marks::new(&data[tail..], b',', kernel);
         assert_eq!(m.next_newline(), (Some(1), 1));
         assert_eq!(m.next_newline(), (Some(2), 0));
         assert_eq!(m.next_newline(), (None, 2));
@@ -169,7 +230,7 @@ mod tests {
         assert!(!m.quoted());
         let mut text = vec![b'a'; 200];
         text[150] = b'"';
-        let mut m = Marks::new(&text, b',');
+        let mut m = Marks::new(&text, b',', kernel);
         assert!(!m.quoted());
         assert_eq!(m.next_newline(), (None, 0));
         assert!(m.quoted());

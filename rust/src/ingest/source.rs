@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use super::fields::{self, FieldError, Fields, Span};
 use super::formats::{Format, Parser};
 use super::intern::{self, same, Interner};
-use super::scan::Marks;
+use super::scan::{self, Marks};
 use crate::error::{Error, Location, Result};
 
 /// Strings stored back to back.
@@ -165,7 +165,11 @@ impl<'a, 'p> ChunkParser<'a, 'p> {
         if count != m.n {
             return None;
         }
-        let raw = |i: usize| &self.data[spans[i].start..spans[i].end];
+        let data = self.data;
+        let raw = |i: usize| {
+            let span = spans[i];
+            &data[span.start..span.end]
+        };
         let order = fields::parse_i64(raw(m.position))?;
         let flag = match raw(m.skip) {
             b"True" | b"true" => true,
@@ -253,15 +257,22 @@ const RING: usize = 16;
 const KEY_AHEAD: usize = 4;
 const HANDLE_AHEAD: usize = 8;
 
+/// Progress is reported every this many lines (and at the end of a chunk).
+const REPORT_EVERY: usize = 1024;
+
 /// Lines without quotes: locates the fields the parser reads and counts the others. Returns the
 /// number of lines handled, or None as soon as a double quote shows up.
 fn parse_plain(p: &mut ChunkParser, report: &mut impl FnMut(usize)) -> Option<u64> {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("popcnt") && std::arch::is_x86_feature_detected!("bmi1") {
-        // SAFETY: the CPU has the features the function is compiled for.
+        if let Some(kernel) = scan::Avx512::detect() {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { parse_plain_avx512(p, report, kernel) };
+        }
+        // SAFETY: as above.
         return unsafe { parse_plain_popcnt(p, report) };
     }
-    scan_lines(p, report)
+    scan_lines(p, report, scan::Baseline)
 }
 
 /// `scan_lines` compiled with the POPCNT and BMI1 instructions (the delimiter counts and mark
@@ -269,11 +280,18 @@ fn parse_plain(p: &mut ChunkParser, report: &mut impl FnMut(usize)) -> Option<u6
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "popcnt,bmi1")]
 unsafe fn parse_plain_popcnt(p: &mut ChunkParser, report: &mut impl FnMut(usize)) -> Option<u64> {
-    scan_lines(p, report)
+    scan_lines(p, report, scan::Baseline)
+}
+
+/// `scan_lines` with AVX-512BW block masks (one compare per 64 bytes and mark kind).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "popcnt,bmi1,avx512bw")]
+unsafe fn parse_plain_avx512(p: &mut ChunkParser, report: &mut impl FnMut(usize), kernel: scan::Avx512) -> Option<u64> {
+    scan_lines(p, report, kernel)
 }
 
 #[inline(always)]
-fn scan_lines(p: &mut ChunkParser, report: &mut impl FnMut(usize)) -> Option<u64> {
+fn scan_lines(p: &mut ChunkParser, report: &mut impl FnMut(usize), kernel: impl scan::Kernel) -> Option<u64> {
     let data = p.data;
     let needed = p.parser.needed_fields().max(1);
     let item_field = p.parser.item_field().filter(|&f| f < needed);
@@ -283,32 +301,36 @@ fn scan_lines(p: &mut ChunkParser, report: &mut impl FnMut(usize)) -> Option<u64
         }
         _ => None,
     };
-    let mut marks = Marks::new(data, p.parser.delimiter());
+    let mut marks = Marks::new(data, p.parser.delimiter(), kernel);
     let mut ring = [Pending::default(); RING];
     let mut ring_spans = vec![Span { start: 0, end: 0, escaped: false }; RING * needed];
-    let mut spans: Vec<Span> = Vec::with_capacity(needed);
     // Lines scanned (blank ones excepted) and lines handled.
     let (mut scanned, mut handled) = (0usize, 0usize);
     let mut line_index = 0u64;
     let mut start = 0usize;
     while start < data.len() {
-        spans.clear();
+        // The line's fields go straight into its ring slot.
+        let k = scanned % RING;
+        let spans = &mut ring_spans[k * needed..(k + 1) * needed];
+        let mut n_spans = 0;
         let mut pos = start;
         let (end, count) = loop {
-            if spans.len() == needed {
+            if n_spans == needed {
                 let (newline, more) = marks.next_newline();
                 break (newline.unwrap_or(data.len()), needed + 1 + more);
             }
             match marks.next() {
                 Some((at, false)) => {
-                    spans.push(Span { start: pos, end: at, escaped: false });
+                    spans[n_spans] = Span { start: pos, end: at, escaped: false };
+                    n_spans += 1;
                     pos = at + 1;
                 }
                 mark => {
                     let end = mark.map_or(data.len(), |(at, _)| at);
                     let trimmed = trim_cr(data, end, start);
-                    spans.push(Span { start: pos, end: trimmed.max(pos), escaped: false });
-                    break (end, spans.len());
+                    spans[n_spans] = Span { start: pos, end: trimmed.max(pos), escaped: false };
+                    n_spans += 1;
+                    break (end, n_spans);
                 }
             }
         };
@@ -324,9 +346,7 @@ fn scan_lines(p: &mut ChunkParser, report: &mut impl FnMut(usize)) -> Option<u64
                 }
                 _ => 0,
             };
-            let k = scanned % RING;
             ring[k] = Pending { line_index, count, end, item_hash };
-            ring_spans[k * needed..k * needed + spans.len()].copy_from_slice(&spans);
             scanned += 1;
             if scanned > KEY_AHEAD {
                 p.items.prefetch_key(ring[(scanned - 1 - KEY_AHEAD) % RING].item_hash);
@@ -364,9 +384,11 @@ fn handle(
     let needed = ring_spans.len() / RING;
     let (k, line) = (n % RING, ring[n % RING]);
     let spans = &ring_spans[k * needed..k * needed + needed.min(line.count)];
+    if n % REPORT_EVERY == 0 {
+        report(line.end.min(p.data.len()));
+    }
     if let Some(m) = mssd {
         if let Some(ok) = p.mssd_line(m, line.line_index, spans, line.count, line.item_hash) {
-            report((line.end + 1).min(p.data.len()));
             return (!ok).then_some(line.line_index);
         }
     }
@@ -375,7 +397,6 @@ fn handle(
         _ => None,
     };
     let ok = p.line(line.line_index, spans, line.count, hint);
-    report((line.end + 1).min(p.data.len()));
     (!ok).then_some(line.line_index)
 }
 
