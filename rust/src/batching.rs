@@ -571,8 +571,7 @@ mod tests {
                 let end = start + data.train_end[s] as usize;
                 let take = (end - start).min(5);
                 let row = &batch.items[r * 5..(r + 1) * 5];
-                let expected: Vec<i64> = std::iter::repeat(0)
-                    .take(5 - take)
+                let expected: Vec<i64> = std::iter::repeat_n(0, 5 - take)
                     .chain(data.items[end - take..end].iter().map(|&i| i as i64))
                     .collect();
                 assert_eq!(row, &expected[..], "session {s}");

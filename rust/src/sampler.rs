@@ -496,7 +496,7 @@ mod tests {
     fn extreme_popularity_falls_back_without_hanging() {
         // One item holds almost all the mass; drawing every item needs the exact fallback.
         let mut c = vec![0u64, 0, 1_000_000_000];
-        c.extend(std::iter::repeat(1).take(200));
+        c.extend(std::iter::repeat_n(1, 200));
         let sampler = NegativeSampler::new(
             c.len(),
             Distribution::Popularity { alpha: 3.0 },

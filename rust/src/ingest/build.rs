@@ -350,7 +350,7 @@ pub(crate) fn encode(rows: Rows, windows: &[Window], n_raw: usize, keep_times: b
     offsets.push(0i64);
     let whole = windows.first().map_or(rows.items.is_empty(), |w| w.start == 0)
         && windows.windows(2).all(|p| p[0].end == p[1].start)
-        && windows.last().map_or(true, |w| w.end == rows.items.len());
+        && windows.last().is_none_or(|w| w.end == rows.items.len());
     if whole {
         let Rows { mut items, skips, order } = rows;
         for item in &mut items {

@@ -384,7 +384,7 @@ fn handle(
     let needed = ring_spans.len() / RING;
     let (k, line) = (n % RING, ring[n % RING]);
     let spans = &ring_spans[k * needed..k * needed + needed.min(line.count)];
-    if n % REPORT_EVERY == 0 {
+    if n.is_multiple_of(REPORT_EVERY) {
         report(line.end.min(p.data.len()));
     }
     if let Some(m) = mssd {
