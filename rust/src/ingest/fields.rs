@@ -23,6 +23,14 @@ pub(crate) struct Span {
     pub escaped: bool,
 }
 
+impl Span {
+    /// The field's bytes in `data`.
+    #[inline(always)]
+    pub fn of(self, data: &[u8]) -> &[u8] {
+        &data[self.start..self.end]
+    }
+}
+
 /// The fields of one row, borrowed from the chunk they were read from. Only the first
 /// `spans.len()` fields are located; `count` is the row's number of fields.
 pub(crate) struct Fields<'a, 's> {

@@ -23,6 +23,7 @@ pub(crate) struct Arena {
 }
 
 impl Arena {
+    #[inline]
     pub fn push(&mut self, s: &[u8]) {
         self.data.extend_from_slice(s);
         self.ends.push(self.data.len());
@@ -30,10 +31,12 @@ impl Arena {
     pub fn len(&self) -> usize {
         self.ends.len()
     }
+    #[inline]
     pub fn get(&self, i: usize) -> &[u8] {
         let start = if i == 0 { 0 } else { self.ends[i - 1] };
         &self.data[start..self.ends[i]]
     }
+    #[inline]
     pub fn last(&self) -> Option<&[u8]> {
         self.ends.len().checked_sub(1).map(|i| self.get(i))
     }
@@ -166,17 +169,13 @@ impl<'a, 'p> ChunkParser<'a, 'p> {
             return None;
         }
         let data = self.data;
-        let raw = |i: usize| {
-            let span = spans[i];
-            &data[span.start..span.end]
-        };
-        let order = fields::parse_i64(raw(m.position))?;
-        let flag = match raw(m.skip) {
+        let order = fields::parse_i64(spans[m.position].of(data))?;
+        let flag = match spans[m.skip].of(data) {
             b"True" | b"true" => true,
             b"False" | b"false" => false,
             _ => return None,
         };
-        let (group, item) = (raw(m.session), raw(m.track));
+        let (group, item) = (spans[m.session].of(data), spans[m.track].of(data));
         if group.is_empty() || item.is_empty() {
             return None;
         }
