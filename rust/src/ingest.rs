@@ -133,7 +133,7 @@ pub fn run(paths: &[PathBuf], format: &Format, options: &Options, progress: &Ato
         return Err(Error::Config("min_length, max_length and min_remainder must be >= 1 and session_gap >= 0".into()));
     }
     let files = source::list_files(paths)?;
-    let parsed = source::read_all(&files, format, options.skip_bad_rows, progress)?;
+    let mut parsed = source::read_all(&files, format, options.skip_bad_rows, false, progress)?;
     if !options.skip_bad_rows {
         if let Some(err) = parsed.chunks.iter().find_map(|c| c.error_at(&files)) {
             return Err(err);
@@ -156,6 +156,12 @@ pub fn run(paths: &[PathBuf], format: &Format, options: &Options, progress: &Ato
     // needed later only as times or for gaps and durations.
     let sorted = layout.consecutive && build::runs_sorted(&parsed.chunks);
     let keep_order = !sorted || layout.timestamps || layout.gap_cut || options.durations.is_some();
+    if keep_order && parsed.chunks.iter().any(|c| c.order.len() != c.items.len()) {
+        // Sessions out of order across chunks, each chunk in order (so none kept its order
+        // values): read again, keeping them.
+        progress.store(0, std::sync::atomic::Ordering::Relaxed);
+        parsed = source::read_all(&files, format, options.skip_bad_rows, true, progress)?;
+    }
     let merged = build::merge(&parsed.chunks, keep_order);
     let mut rows = merged.rows;
     let groups = build::group(&mut rows, &merged.runs, layout.consecutive);
@@ -299,6 +305,24 @@ mod tests {
         let d = run(&[path], &Format::Mssd(SkipRule::NotSkipped), &options(1, None, false), &p).unwrap();
         assert_eq!(d.vocab.get(2), b"a");
         assert_eq!(d.skips, vec![0, 1]);
+    }
+
+    #[test]
+    fn a_session_out_of_order_across_shards_is_sorted() {
+        // Each shard is in order on its own, so neither keeps its order values at first.
+        let dir = tempfile::tempdir().unwrap();
+        let shards = dir.path().join("shards");
+        std::fs::create_dir(&shards).unwrap();
+        let row = |pos: u32, track: &str| format!("s,{pos},4,{track},False,False,False,True\n");
+        let a = write(&shards, "part-0.csv", &(HEADER.to_string() + &row(3, "c") + &row(4, "d")));
+        let b = write(&shards, "part-1.csv", &(HEADER.to_string() + &row(1, "a") + &row(2, "b")));
+        let p = AtomicU64::new(0);
+        let d = run(&[shards], &Format::Mssd(SkipRule::Skip2), &options(1, None, false), &p).unwrap();
+        let vocab: Vec<&[u8]> = d.items.iter().map(|&i| d.vocab.get(i as usize)).collect();
+        assert_eq!(vocab, vec![&b"a"[..], b"b", b"c", b"d"]);
+        assert_eq!(d.offsets, vec![0, 4]);
+        let bytes = std::fs::metadata(a).unwrap().len() + std::fs::metadata(b).unwrap().len();
+        assert_eq!(p.load(std::sync::atomic::Ordering::Relaxed), bytes, "progress counts each byte once");
     }
 
     #[test]

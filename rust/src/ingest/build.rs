@@ -38,10 +38,10 @@ pub(crate) struct Merged<'c> {
 pub(crate) fn runs_sorted(chunks: &[Chunk]) -> bool {
     let mut last: Option<(&[u8], i64)> = None;
     for c in chunks.iter().filter(|c| !c.items.is_empty()) {
-        if !c.sorted || last.is_some_and(|(key, order)| key == c.run_keys.get(0) && order > c.order[0]) {
+        if !c.sorted || last.is_some_and(|(key, order)| key == c.run_keys.get(0) && order > c.first_order) {
             return false;
         }
-        last = Some((c.run_keys.last().expect("rows have runs"), *c.order.last().expect("rows have orders")));
+        last = Some((c.run_keys.last().expect("rows have runs"), c.last_order));
     }
     true
 }

@@ -57,8 +57,12 @@ pub(crate) struct Chunk {
     /// Hash of each item key (see `intern::hash`).
     pub item_hashes: Vec<u64>,
     pub skips: Vec<u8>,
+    /// Each row's order value (position or time); empty unless kept (see `parse_chunk`).
     pub order: Vec<i64>,
-    /// `order` never decreases within a run.
+    /// Order values of the first and last rows.
+    pub first_order: i64,
+    pub last_order: i64,
+    /// The order value never decreases within a run.
     pub sorted: bool,
     pub rows: u64,
     pub bad_rows: u64,
@@ -80,21 +84,24 @@ struct ChunkParser<'a, 'p> {
     data: &'a [u8],
     parser: &'p Parser,
     skip_bad: bool,
+    keep_order: bool,
     chunk: Chunk,
     items: Interner,
 }
 
 impl<'a, 'p> ChunkParser<'a, 'p> {
     /// A parser with its row vectors sized for the rows the first lines predict.
-    fn new(data: &'a [u8], parser: &'p Parser, skip_bad: bool) -> Self {
+    fn new(data: &'a [u8], parser: &'p Parser, skip_bad: bool, keep_order: bool) -> Self {
         let mut chunk = Chunk { sorted: true, ..Chunk::default() };
         let sample = &data[..data.len().min(1 << 16)];
         let line_len = sample.len() / (1 + memchr::memchr_iter(b'\n', sample).count());
         let rows = data.len() / line_len.max(1) * 9 / 8 + 16;
         chunk.items.reserve(rows);
         chunk.skips.reserve(rows);
-        chunk.order.reserve(rows);
-        ChunkParser { data, parser, skip_bad, chunk, items: Interner::new() }
+        if keep_order {
+            chunk.order.reserve(rows);
+        }
+        ChunkParser { data, parser, skip_bad, keep_order, chunk, items: Interner::new() }
     }
 
     /// Handles one line; returns false to stop (first error when not skipping bad rows).
@@ -151,12 +158,18 @@ impl<'a, 'p> ChunkParser<'a, 'p> {
         if new_run {
             self.chunk.run_keys.push(group);
             self.chunk.run_starts.push(self.chunk.items.len() as u32);
-        } else if self.chunk.order.last().is_some_and(|&last| order < last) {
+        } else if order < self.chunk.last_order {
             self.chunk.sorted = false;
         }
+        if self.chunk.items.is_empty() {
+            self.chunk.first_order = order;
+        }
+        self.chunk.last_order = order;
         self.chunk.items.push(id);
         self.chunk.skips.push(skip as u8);
-        self.chunk.order.push(order);
+        if self.keep_order {
+            self.chunk.order.push(order);
+        }
         Ok(())
     }
 
@@ -212,7 +225,27 @@ fn trim_cr(data: &[u8], end: usize, start: usize) -> usize {
 }
 
 /// Parses the complete lines in `data` (a chunk ends at a newline or the end of the input).
-pub(crate) fn parse_chunk(data: &[u8], parser: &Parser, skip_bad: bool, progress: Option<&AtomicU64>) -> Chunk {
+///
+/// Each row's order value is kept when `keep_order`, or when the layout needs it (times, or
+/// rows to group by key), or when the chunk turns out unsorted (it is then parsed again):
+/// sessions of consecutive rows in order need only the first and last values.
+pub(crate) fn parse_chunk(
+    data: &[u8],
+    parser: &Parser,
+    skip_bad: bool,
+    keep_order: bool,
+    progress: Option<&AtomicU64>,
+) -> Chunk {
+    let layout = parser.layout();
+    let keep_order = keep_order || !layout.consecutive || layout.timestamps || layout.gap_cut;
+    let chunk = parse_lines(data, parser, skip_bad, keep_order, progress);
+    if keep_order || chunk.sorted {
+        return chunk;
+    }
+    parse_lines(data, parser, skip_bad, true, None)
+}
+
+fn parse_lines(data: &[u8], parser: &Parser, skip_bad: bool, keep_order: bool, progress: Option<&AtomicU64>) -> Chunk {
     let mut reported = 0usize;
     let mut report = |upto: usize| {
         if let Some(counter) = progress {
@@ -222,12 +255,12 @@ pub(crate) fn parse_chunk(data: &[u8], parser: &Parser, skip_bad: bool, progress
             }
         }
     };
-    let mut p = ChunkParser::new(data, parser, skip_bad);
+    let mut p = ChunkParser::new(data, parser, skip_bad, keep_order);
     let lines = match parse_plain(&mut p, &mut report) {
         Some(lines) => lines,
         None => {
             // A quote: start over with the quote-aware splitter (progress already reported stays).
-            p = ChunkParser::new(data, parser, skip_bad);
+            p = ChunkParser::new(data, parser, skip_bad, keep_order);
             parse_quoted(&mut p, &mut report)
         }
     };
@@ -480,7 +513,14 @@ pub(crate) struct Parsed {
 }
 
 /// Reads and parses all `files` (in order). Stops at the first bad row unless `skip_bad`.
-pub(crate) fn read_all(files: &[PathBuf], format: &Format, skip_bad: bool, progress: &AtomicU64) -> Result<Parsed> {
+/// `keep_order`: keep every row's order value (see `parse_chunk`).
+pub(crate) fn read_all(
+    files: &[PathBuf],
+    format: &Format,
+    skip_bad: bool,
+    keep_order: bool,
+    progress: &AtomicU64,
+) -> Result<Parsed> {
     let mut chunks = Vec::new();
     let mut first_parser = None;
     let mut bytes = 0;
@@ -489,9 +529,9 @@ pub(crate) fn read_all(files: &[PathBuf], format: &Format, skip_bad: bool, progr
         bytes += meta.len();
         let is_gz = file.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz"));
         let (parser, mut file_chunks) = if is_gz {
-            read_gz(file, format, skip_bad, progress)?
+            read_gz(file, format, skip_bad, keep_order, progress)?
         } else {
-            read_plain(file, format, skip_bad, progress)?
+            read_plain(file, format, skip_bad, keep_order, progress)?
         };
         for c in &mut file_chunks {
             c.file = index;
@@ -541,7 +581,13 @@ fn populate(map: &memmap2::Mmap, piece: &[u8]) {
     let _ = (map, piece);
 }
 
-fn read_plain(file: &Path, format: &Format, skip_bad: bool, progress: &AtomicU64) -> Result<(Parser, Vec<Chunk>)> {
+fn read_plain(
+    file: &Path,
+    format: &Format,
+    skip_bad: bool,
+    keep_order: bool,
+    progress: &AtomicU64,
+) -> Result<(Parser, Vec<Chunk>)> {
     let handle = File::open(file).map_err(|e| io_error(file, e))?;
     let len = handle.metadata().map_err(|e| io_error(file, e))?.len();
     if len == 0 {
@@ -565,7 +611,7 @@ fn read_plain(file: &Path, format: &Format, skip_bad: bool, progress: &AtomicU64
         .par_iter()
         .map(|p| {
             populate(&map, p);
-            parse_chunk(p, &parser, skip_bad, Some(progress))
+            parse_chunk(p, &parser, skip_bad, keep_order, Some(progress))
         })
         .collect();
     number_lines(&mut chunks, header as u64);
@@ -612,7 +658,13 @@ fn fill(reader: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<bool> {
     Ok(false)
 }
 
-fn read_gz(file: &Path, format: &Format, skip_bad: bool, progress: &AtomicU64) -> Result<(Parser, Vec<Chunk>)> {
+fn read_gz(
+    file: &Path,
+    format: &Format,
+    skip_bad: bool,
+    keep_order: bool,
+    progress: &AtomicU64,
+) -> Result<(Parser, Vec<Chunk>)> {
     let handle = File::open(file).map_err(|e| io_error(file, e))?;
     let mut reader = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, Counting { inner: handle, progress }));
     let delimiter = format.delimiter(&file.with_extension(""));
@@ -652,7 +704,7 @@ fn read_gz(file: &Path, format: &Format, skip_bad: bool, progress: &AtomicU64) -
         if let Some(p) = &parser {
             let body = &buf[start..cut];
             let pieces = split_at_newlines(body, rayon::current_num_threads().max(1) * 2);
-            let mut block: Vec<Chunk> = pieces.par_iter().map(|piece| parse_chunk(piece, p, skip_bad, None)).collect();
+            let mut block: Vec<Chunk> = pieces.par_iter().map(|piece| parse_chunk(piece, p, skip_bad, keep_order, None)).collect();
             line = number_lines(&mut block, line);
             let failed = !skip_bad && block.iter().any(|c| c.error.is_some());
             chunks.extend(block);
@@ -713,7 +765,7 @@ mod tests {
     #[test]
     fn chunk_runs_and_local_ids() {
         let data = b"a,1,2,t1,False,False,False,True\r\na,2,2,t2,True,True,True,False\n\nb,1,1,t1,False,True,True,False";
-        let c = parse_chunk(data, &mssd_parser(), false, None);
+        let c = parse_chunk(data, &mssd_parser(), false, true, None);
         assert!(c.error.is_none());
         assert_eq!(c.lines, 4);
         assert_eq!(c.items, vec![0, 1, 0]);
@@ -726,12 +778,12 @@ mod tests {
     #[test]
     fn bad_rows_stop_or_are_counted() {
         let data = b"a,1,2,t1,False,maybe,False,True\na,2,2,t2,True,True,True\na,3,3,t3,True,True,True,False\n";
-        let c = parse_chunk(data, &mssd_parser(), false, None);
+        let c = parse_chunk(data, &mssd_parser(), false, true, None);
         let (line, e) = c.error.clone().unwrap();
         assert_eq!((line, e.column), (0, 6));
         assert_eq!(e.message, "expected a boolean (True/False/true/false), found 'maybe'");
         assert!(c.items.is_empty());
-        let c = parse_chunk(data, &mssd_parser(), true, None);
+        let c = parse_chunk(data, &mssd_parser(), true, true, None);
         assert_eq!((c.bad_rows, c.items.len(), c.rows), (2, 1, 3));
     }
 
@@ -739,7 +791,7 @@ mod tests {
     fn quote_after_plain_lines_reparses_the_chunk() {
         let mut data = b"a,1,2,t1,False,False,False,True\n".repeat(5);
         data.extend_from_slice(b"a,2,2,\"t,2\",True,True,True,False\n");
-        let c = parse_chunk(&data, &mssd_parser(), false, None);
+        let c = parse_chunk(&data, &mssd_parser(), false, true, None);
         assert!(c.error.is_none());
         assert_eq!((c.lines, c.rows), (6, 6));
         assert_eq!(c.items, vec![0, 0, 0, 0, 0, 1]);
@@ -753,18 +805,18 @@ mod tests {
             let skip = if i == 25 { "maybe" } else { "True" };
             data.extend_from_slice(format!("s{},{i},40,t{},False,{skip},True,False\n", i / 7, i % 9).as_bytes());
         }
-        let c = parse_chunk(&data, &mssd_parser(), false, None);
+        let c = parse_chunk(&data, &mssd_parser(), false, true, None);
         assert_eq!((c.lines, c.rows, c.items.len()), (26, 26, 25));
         assert_eq!(c.error.as_ref().map(|(line, e)| (*line, e.column)), Some((25, 6)));
         assert_eq!(c.run_starts, vec![0, 7, 14, 21]);
-        let c = parse_chunk(&data, &mssd_parser(), true, None);
+        let c = parse_chunk(&data, &mssd_parser(), true, true, None);
         assert_eq!((c.lines, c.rows, c.bad_rows, c.items.len()), (40, 40, 1, 39));
         assert_eq!(c.item_keys.len(), 9);
     }
 
     #[test]
     fn runs_sorted_across_chunks() {
-        let chunk = |text: &[u8]| parse_chunk(text, &mssd_parser(), false, None);
+        let chunk = |text: &[u8]| parse_chunk(text, &mssd_parser(), false, false, None);
         let head = || chunk(b"s,1,3,t1,False,False,False,True\ns,3,3,t2,False,False,False,True\n");
         let blank = || chunk(b"\n");
         let sorted = |chunks: &[Chunk]| crate::ingest::build::runs_sorted(chunks);
