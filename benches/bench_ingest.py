@@ -139,7 +139,7 @@ JOBS = {"negrec_fast": job_negrec, "pyarrow": job_pyarrow, "pandas": job_pandas,
 @pytest.mark.parametrize("library", list(JOBS))
 def test_ingest_mssd(benchmark, mssd_csv, library):
     job = JOBS[library]
-    offsets, items, skips = benchmark.pedantic(job, args=(mssd_csv,), rounds=3, iterations=1, warmup_rounds=0)
+    offsets, items, skips = benchmark.pedantic(job, args=(mssd_csv,), rounds=5, iterations=1, warmup_rounds=1)
     ref_offsets, ref_items, ref_skips = job_negrec(mssd_csv)
     assert np.array_equal(offsets, ref_offsets)
     assert np.array_equal(items, ref_items)
