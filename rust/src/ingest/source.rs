@@ -581,6 +581,25 @@ fn populate(map: &memmap2::Mmap, piece: &[u8]) {
     let _ = (map, piece);
 }
 
+/// Drops the page mappings of the whole pages inside `piece` once it is parsed (the chunk
+/// owns what it keeps), so the teardown is shared by the workers instead of left to one
+/// `munmap` at the end. Pages shared with a neighbouring piece stay.
+fn release(map: &memmap2::Mmap, piece: &[u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let offset = piece.as_ptr() as usize - map.as_ptr() as usize;
+        let start = offset.div_ceil(PAGE) * PAGE;
+        let end = (offset + piece.len()) / PAGE * PAGE;
+        if end > start {
+            // SAFETY: the map is a read-only file mapping and nothing borrows these pages any
+            // more; a later read would fault them back in from the page cache.
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+        }
+    }
+    let _ = (map, piece);
+}
+
 fn read_plain(
     file: &Path,
     format: &Format,
@@ -611,7 +630,9 @@ fn read_plain(
         .par_iter()
         .map(|p| {
             populate(&map, p);
-            parse_chunk(p, &parser, skip_bad, keep_order, Some(progress))
+            let chunk = parse_chunk(p, &parser, skip_bad, keep_order, Some(progress));
+            release(&map, p);
+            chunk
         })
         .collect();
     number_lines(&mut chunks, header as u64);
