@@ -73,8 +73,8 @@ impl Sessions {
                 skips.len()
             ));
         }
-        if let Some(s) = (0..train_end.len())
-            .find(|&s| train_end[s] < 0 || train_end[s] as i64 > offsets[s + 1] - offsets[s])
+        if let Some(s) =
+            (0..train_end.len()).find(|&s| train_end[s] < 0 || train_end[s] as i64 > offsets[s + 1] - offsets[s])
         {
             return bad(format!(
                 "train_end[{s}] = {} is outside the session's {} plays",
@@ -82,21 +82,13 @@ impl Sessions {
                 offsets[s + 1] - offsets[s]
             ));
         }
-        if let Some(i) = items
-            .iter()
-            .position(|&id| id < N_RESERVED || id as usize >= vocab_size)
-        {
+        if let Some(i) = items.iter().position(|&id| id < N_RESERVED || id as usize >= vocab_size) {
             return bad(format!(
                 "items[{i}] = {} is not an item id (expected {N_RESERVED} <= id < vocab_size = {vocab_size})",
                 items[i]
             ));
         }
-        Ok(Sessions {
-            offsets,
-            items,
-            skips,
-            train_end,
-        })
+        Ok(Sessions { offsets, items, skips, train_end })
     }
 
     pub fn len(&self) -> usize {
@@ -108,11 +100,9 @@ impl Sessions {
     /// so a popularity distribution built from these does not leak them.
     pub fn train_item_counts(&self, vocab_size: usize) -> Result<Vec<u64>> {
         let mut counts = Vec::new();
-        counts.try_reserve_exact(vocab_size).map_err(|_| {
-            Error::Config(format!(
-                "cannot allocate item counts for vocab_size = {vocab_size}"
-            ))
-        })?;
+        counts
+            .try_reserve_exact(vocab_size)
+            .map_err(|_| Error::Config(format!("cannot allocate item counts for vocab_size = {vocab_size}")))?;
         counts.resize(vocab_size, 0);
         for (s, &end) in self.train_end.iter().enumerate() {
             let start = self.offsets[s] as usize;
@@ -194,10 +184,7 @@ fn check_config(c: &LoaderConfig, sampler: &NegativeSampler) -> Result<()> {
         return bad("batch_size must be at least 1, got 0".into());
     }
     if c.seq_len < 2 {
-        return bad(format!(
-            "seq_len must be at least 2 (inputs x[:, :-1] and targets x[:, 1:]), got {}",
-            c.seq_len
-        ));
+        return bad(format!("seq_len must be at least 2 (inputs x[:, :-1] and targets x[:, 1:]), got {}", c.seq_len));
     }
     let positions = c.batch_size as u128 * c.seq_len as u128;
     if positions > MAX_BATCH_POSITIONS as u128 {
@@ -208,19 +195,13 @@ fn check_config(c: &LoaderConfig, sampler: &NegativeSampler) -> Result<()> {
         ));
     }
     if !(1..=MAX_PREFETCH).contains(&c.prefetch) {
-        return bad(format!(
-            "prefetch must be between 1 and {MAX_PREFETCH} batches, got {}",
-            c.prefetch
-        ));
+        return bad(format!("prefetch must be between 1 and {MAX_PREFETCH} batches, got {}", c.prefetch));
     }
     if c.world_size == 0 {
         return bad("world_size must be at least 1, got 0".into());
     }
     if c.rank >= c.world_size {
-        return bad(format!(
-            "rank must be in [0, world_size = {}), got {}",
-            c.world_size, c.rank
-        ));
+        return bad(format!("rank must be in [0, world_size = {}), got {}", c.world_size, c.rank));
     }
     if c.n_negatives > sampler.n_sampleable() {
         return bad(format!(
@@ -244,17 +225,8 @@ impl BatchLoader {
     /// Checks `config` against the limits (see [`check_config`]) and the sampler.
     pub fn new(sessions: Sessions, sampler: NegativeSampler, config: LoaderConfig) -> Result<Self> {
         check_config(&config, &sampler)?;
-        let examples = (0..sessions.len() as u32)
-            .filter(|&s| sessions.train_end[s as usize] >= 2)
-            .collect();
-        Ok(BatchLoader {
-            inner: Arc::new(Inner {
-                sessions,
-                examples,
-                sampler,
-                config,
-            }),
-        })
+        let examples = (0..sessions.len() as u32).filter(|&s| sessions.train_end[s as usize] >= 2).collect();
+        Ok(BatchLoader { inner: Arc::new(Inner { sessions, examples, sampler, config }) })
     }
 
     /// Training examples over all ranks (sessions with `train_end >= 2`).
@@ -299,12 +271,7 @@ impl BatchLoader {
                 order.swap(i, rng.below(i as u64 + 1) as usize);
             }
         }
-        order
-            .into_iter()
-            .skip(inner.config.rank)
-            .step_by(inner.config.world_size)
-            .take(self.shard_len())
-            .collect()
+        order.into_iter().skip(inner.config.rank).step_by(inner.config.world_size).take(self.shard_len()).collect()
     }
 
     /// Iterates over the batches of `epoch` from `start_batch` on, built by a background
@@ -318,15 +285,10 @@ impl BatchLoader {
         }
         let loader = self.clone();
         let (mut shard, mut scratch) = (None, Scratch::default());
-        EpochIter::spawn(
-            epoch,
-            start_batch..n_batches,
-            self.inner.config.prefetch,
-            move |b| {
-                let shard = shard.get_or_insert_with(|| loader.shard(epoch));
-                loader.inner.build(shard, epoch, b, &mut scratch)
-            },
-        )
+        EpochIter::spawn(epoch, start_batch..n_batches, self.inner.config.prefetch, move |b| {
+            let shard = shard.get_or_insert_with(|| loader.shard(epoch));
+            loader.inner.build(shard, epoch, b, &mut scratch)
+        })
     }
 }
 
@@ -342,10 +304,7 @@ impl Inner {
             let from = end.saturating_sub(len).max(start);
             let pad = len - (end - from);
             let row = r * len + pad..(r + 1) * len;
-            for (dst, &id) in items[row.clone()]
-                .iter_mut()
-                .zip(&self.sessions.items[from..end])
-            {
+            for (dst, &id) in items[row.clone()].iter_mut().zip(&self.sessions.items[from..end]) {
                 *dst = id as i64;
             }
             for (dst, &skip) in skips[row].iter_mut().zip(&self.sessions.skips[from..end]) {
@@ -354,9 +313,7 @@ impl Inner {
         }
         let k = self.config.n_negatives;
         let (mut negatives, mut neg_logq) = (Vec::new(), Vec::new());
-        let mut rng = self
-            .sampler
-            .batch_rng(epoch, self.config.rank as u64, b as u64);
+        let mut rng = self.sampler.batch_rng(epoch, self.config.rank as u64, b as u64);
         self.sampler
             .sample_into(&items, k, &mut rng, scratch, &mut negatives, &mut neg_logq)
             .map_err(|e| Error::Config(format!("epoch {epoch}, batch {b}: {e}")))?;
@@ -432,13 +389,7 @@ impl EpochIter {
                 }
             })
             .map_err(|e| Error::Config(format!("cannot start the batch thread: {e}")))?;
-        Ok(EpochIter {
-            rx: Some(rx),
-            worker: Some(worker),
-            epoch,
-            next_batch,
-            remaining,
-        })
+        Ok(EpochIter { rx: Some(rx), worker: Some(worker), epoch, next_batch, remaining })
     }
 
     /// Batches not yet returned.
@@ -487,9 +438,7 @@ impl Iterator for EpochIter {
             Err(_) => {
                 // The thread ended without sending every batch: never a short epoch.
                 let (epoch, b, left) = (self.epoch, self.next_batch, self.remaining);
-                let why = self
-                    .stop()
-                    .unwrap_or_else(|| "it stopped without an error".into());
+                let why = self.stop().unwrap_or_else(|| "it stopped without an error".into());
                 Some(Err(EpochError::Worker(format!(
                     "epoch {epoch}, batch {b}: the batch thread ended with {left} batches \
                      still to deliver: {why}"
@@ -538,30 +487,17 @@ mod tests {
     }
 
     fn small() -> LoaderConfig {
-        LoaderConfig {
-            batch_size: 4,
-            seq_len: 5,
-            n_negatives: 6,
-            seed: 11,
-            ..Default::default()
-        }
+        LoaderConfig { batch_size: 4, seq_len: 5, n_negatives: 6, seed: 11, ..Default::default() }
     }
 
     fn collect(loader: &BatchLoader, epoch: u64, start: usize) -> Vec<Batch> {
-        loader
-            .epoch(epoch, start)
-            .unwrap()
-            .map(|b| b.unwrap())
-            .collect()
+        loader.epoch(epoch, start).unwrap().map(|b| b.unwrap()).collect()
     }
 
     #[test]
     fn rows_are_left_padded_suffixes_of_the_training_prefix() {
         let data = sessions();
-        let l = loader(LoaderConfig {
-            shuffle: false,
-            ..small()
-        });
+        let l = loader(LoaderConfig { shuffle: false, ..small() });
         let batches = collect(&l, 0, 0);
         assert_eq!(batches.len(), l.len());
         for batch in &batches {
@@ -576,18 +512,12 @@ mod tests {
                     .collect();
                 assert_eq!(row, &expected[..], "session {s}");
                 assert!(batch.skips[r * 5..r * 5 + 5 - take].iter().all(|&x| !x));
-                let exp_skips: Vec<bool> = data.skips[end - take..end]
-                    .iter()
-                    .map(|&x| x != 0)
-                    .collect();
+                let exp_skips: Vec<bool> = data.skips[end - take..end].iter().map(|&x| x != 0).collect();
                 assert_eq!(&batch.skips[r * 5 + 5 - take..(r + 1) * 5], &exp_skips[..]);
             }
             let in_batch: HashSet<i64> = batch.items.iter().copied().collect();
             assert_eq!(batch.negatives.iter().collect::<HashSet<_>>().len(), 6);
-            assert!(batch
-                .negatives
-                .iter()
-                .all(|n| *n >= 2 && !in_batch.contains(n)));
+            assert!(batch.negatives.iter().all(|n| *n >= 2 && !in_batch.contains(n)));
         }
     }
 
@@ -598,18 +528,10 @@ mod tests {
         assert_eq!(base.n_examples(), 20); // 23 sessions minus sessions 0, 8, 16 (train_end < 2)
         let mut seen = Vec::new();
         for rank in 0..3 {
-            let l = loader(LoaderConfig {
-                rank,
-                world_size: 3,
-                ..small()
-            });
+            let l = loader(LoaderConfig { rank, world_size: 3, ..small() });
             let batches = collect(&l, 2, 0);
             assert_eq!(batches.len(), l.len());
-            seen.extend(
-                batches
-                    .iter()
-                    .flat_map(|b| b.sessions.iter().map(|&s| s as u32)),
-            );
+            seen.extend(batches.iter().flat_map(|b| b.sessions.iter().map(|&s| s as u32)));
         }
         assert_eq!(seen.len(), expected.len());
         assert_eq!(seen.into_iter().collect::<HashSet<_>>(), expected);
@@ -618,12 +540,7 @@ mod tests {
     #[test]
     fn drop_last_gives_equal_full_batches_on_every_rank() {
         for rank in 0..4 {
-            let l = loader(LoaderConfig {
-                rank,
-                world_size: 4,
-                drop_last: true,
-                ..small()
-            });
+            let l = loader(LoaderConfig { rank, world_size: 4, drop_last: true, ..small() });
             let batches = collect(&l, 0, 0);
             assert_eq!(batches.len(), 1); // 20 examples / 4 ranks = 5 each = one full batch of 4
             assert!(batches.iter().all(|b| b.rows == 4));
@@ -632,22 +549,8 @@ mod tests {
 
     #[test]
     fn identical_whatever_the_prefetch_and_resumable() {
-        let a = collect(
-            &loader(LoaderConfig {
-                prefetch: 1,
-                ..small()
-            }),
-            3,
-            0,
-        );
-        let b = collect(
-            &loader(LoaderConfig {
-                prefetch: 16,
-                ..small()
-            }),
-            3,
-            0,
-        );
+        let a = collect(&loader(LoaderConfig { prefetch: 1, ..small() }), 3, 0);
+        let b = collect(&loader(LoaderConfig { prefetch: 16, ..small() }), 3, 0);
         assert_eq!(a, b);
         let tail = collect(&loader(small()), 3, 2);
         assert_eq!(&a[2..], &tail[..]);
@@ -656,11 +559,7 @@ mod tests {
 
     #[test]
     fn dropping_early_stops_the_worker() {
-        let l = loader(LoaderConfig {
-            batch_size: 1,
-            prefetch: 1,
-            ..small()
-        });
+        let l = loader(LoaderConfig { batch_size: 1, prefetch: 1, ..small() });
         for _ in 0..20 {
             let mut it = l.epoch(0, 0).unwrap();
             assert!(it.next().unwrap().is_ok());
@@ -672,78 +571,31 @@ mod tests {
     fn errors_are_clear() {
         let err = |c: LoaderConfig| {
             let sampler = NegativeSampler::new(40, Distribution::Uniform, None, 0).unwrap();
-            BatchLoader::new(sessions(), sampler, c)
-                .err()
-                .unwrap()
-                .to_string()
+            BatchLoader::new(sessions(), sampler, c).err().unwrap().to_string()
         };
         assert_eq!(
-            err(LoaderConfig {
-                rank: 2,
-                world_size: 2,
-                ..small()
-            }),
+            err(LoaderConfig { rank: 2, world_size: 2, ..small() }),
             "rank must be in [0, world_size = 2), got 2"
         );
-        assert_eq!(
-            err(LoaderConfig {
-                batch_size: 0,
-                ..small()
-            }),
-            "batch_size must be at least 1, got 0"
-        );
-        let too_many = loader(LoaderConfig {
-            n_negatives: 37,
-            ..small()
-        });
-        let first = too_many
-            .epoch(0, 0)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap_err()
-            .to_string();
-        assert!(
-            first.starts_with("epoch 0, batch 0: cannot draw 37 distinct negatives"),
-            "{first}"
-        );
+        assert_eq!(err(LoaderConfig { batch_size: 0, ..small() }), "batch_size must be at least 1, got 0");
+        let too_many = loader(LoaderConfig { n_negatives: 37, ..small() });
+        let first = too_many.epoch(0, 0).unwrap().next().unwrap().unwrap_err().to_string();
+        assert!(first.starts_with("epoch 0, batch 0: cannot draw 37 distinct negatives"), "{first}");
         let limits = [
             (
-                LoaderConfig {
-                    seq_len: 1 << 62,
-                    batch_size: 256,
-                    ..small()
-                },
+                LoaderConfig { seq_len: 1 << 62, batch_size: 256, ..small() },
                 "batch_size * seq_len = 256 * 4611686018427387904 = 1180591620717411303424 \
                  positions per batch is too many (at most 2^26 = 67108864, about 600 MB of \
                  buffers); lower batch_size or seq_len",
             ),
             (
-                LoaderConfig {
-                    seq_len: 1,
-                    ..small()
-                },
+                LoaderConfig { seq_len: 1, ..small() },
                 "seq_len must be at least 2 (inputs x[:, :-1] and targets x[:, 1:]), got 1",
             ),
+            (LoaderConfig { prefetch: 65, ..small() }, "prefetch must be between 1 and 64 batches, got 65"),
+            (LoaderConfig { prefetch: 0, ..small() }, "prefetch must be between 1 and 64 batches, got 0"),
             (
-                LoaderConfig {
-                    prefetch: 65,
-                    ..small()
-                },
-                "prefetch must be between 1 and 64 batches, got 65",
-            ),
-            (
-                LoaderConfig {
-                    prefetch: 0,
-                    ..small()
-                },
-                "prefetch must be between 1 and 64 batches, got 0",
-            ),
-            (
-                LoaderConfig {
-                    n_negatives: 39,
-                    ..small()
-                },
+                LoaderConfig { n_negatives: 39, ..small() },
                 "n_negatives = 39 is more than the 38 items the sampler can draw \
                  (vocab_size 40 minus reserved ids and items of count 0)",
             ),
@@ -751,25 +603,11 @@ mod tests {
         for (config, expected) in limits {
             assert_eq!(err(config), expected);
         }
-        assert!(loader(small())
-            .epoch(0, 99)
-            .err()
-            .unwrap()
-            .to_string()
-            .contains("past the end"));
-        let bad = Sessions::new(vec![0, 2], vec![2, 40], vec![0, 0], vec![2], 40)
-            .err()
-            .unwrap();
-        assert_eq!(
-            bad.to_string(),
-            "items[1] = 40 is not an item id (expected 2 <= id < vocab_size = 40)"
-        );
-        let bad = Sessions::new(vec![0, 2, 1], vec![2, 3], vec![0, 0], vec![2, 0], 40)
-            .err()
-            .unwrap();
-        assert!(bad
-            .to_string()
-            .starts_with("offsets[2] = 1 is smaller than offsets[1] = 2"));
+        assert!(loader(small()).epoch(0, 99).err().unwrap().to_string().contains("past the end"));
+        let bad = Sessions::new(vec![0, 2], vec![2, 40], vec![0, 0], vec![2], 40).err().unwrap();
+        assert_eq!(bad.to_string(), "items[1] = 40 is not an item id (expected 2 <= id < vocab_size = 40)");
+        let bad = Sessions::new(vec![0, 2, 1], vec![2, 3], vec![0, 0], vec![2, 0], 40).err().unwrap();
+        assert!(bad.to_string().starts_with("offsets[2] = 1 is smaller than offsets[1] = 2"));
     }
 
     fn drain(it: EpochIter) -> Vec<std::result::Result<Batch, EpochError>> {
@@ -800,10 +638,7 @@ mod tests {
         let out = drain(it);
         assert_eq!(out.len(), 3, "two batches, then the error, then the end");
         assert_eq!(out[1].as_ref().unwrap().rows, 1);
-        assert_eq!(
-            out[2].as_ref().unwrap_err().to_string(),
-            "epoch 5, batch 2: the batch thread panicked: boom at 2"
-        );
+        assert_eq!(out[2].as_ref().unwrap_err().to_string(), "epoch 5, batch 2: the batch thread panicked: boom at 2");
     }
 
     #[test]
@@ -812,13 +647,7 @@ mod tests {
         // without reporting): the consumer gets an error at batch 1, not the end of the epoch.
         let (tx, rx) = bounded(4);
         let worker = std::thread::spawn(move || tx.send(Ok(empty_batch(0))).unwrap());
-        let it = EpochIter {
-            rx: Some(rx),
-            worker: Some(worker),
-            epoch: 7,
-            next_batch: 0,
-            remaining: 3,
-        };
+        let it = EpochIter { rx: Some(rx), worker: Some(worker), epoch: 7, next_batch: 0, remaining: 3 };
         let out = drain(it);
         assert_eq!(out.len(), 2);
         assert_eq!(
@@ -831,22 +660,9 @@ mod tests {
     /// Batch 0 holds ids {2, 3}, batch 1 ids {4..=9}, in a catalogue of ids 2..12.
     fn two_batches(n_negatives: usize) -> BatchLoader {
         let items = vec![2, 3, 3, 2, 4, 5, 6, 7, 8, 9, 4, 5];
-        let sessions = Sessions::new(
-            vec![0, 2, 4, 10, 12],
-            items,
-            vec![0; 12],
-            vec![2, 2, 6, 2],
-            12,
-        )
-        .unwrap();
+        let sessions = Sessions::new(vec![0, 2, 4, 10, 12], items, vec![0; 12], vec![2, 2, 6, 2], 12).unwrap();
         let sampler = NegativeSampler::new(12, Distribution::Uniform, None, 0).unwrap();
-        let config = LoaderConfig {
-            batch_size: 2,
-            seq_len: 6,
-            n_negatives,
-            shuffle: false,
-            ..Default::default()
-        };
+        let config = LoaderConfig { batch_size: 2, seq_len: 6, n_negatives, shuffle: false, ..Default::default() };
         BatchLoader::new(sessions, sampler, config).unwrap()
     }
 
@@ -867,14 +683,8 @@ mod tests {
     #[test]
     fn train_counts_leave_out_plays_at_and_after_train_end() {
         // Session 0 trains on [2, 3] (4 is held out), session 1 on nothing, session 2 whole.
-        let s = Sessions::new(
-            vec![0, 3, 5, 7],
-            vec![2, 3, 4, 4, 5, 3, 3],
-            vec![0, 1, 0, 0, 0, 1, 0],
-            vec![2, 0, 2],
-            7,
-        )
-        .unwrap();
+        let s = Sessions::new(vec![0, 3, 5, 7], vec![2, 3, 4, 4, 5, 3, 3], vec![0, 1, 0, 0, 0, 1, 0], vec![2, 0, 2], 7)
+            .unwrap();
         assert_eq!(s.train_item_counts(7).unwrap(), vec![0, 0, 1, 3, 0, 0, 0]);
     }
 }

@@ -148,7 +148,8 @@ pub fn run(paths: &[PathBuf], format: &Format, options: &Options, progress: &Ato
     let layout = parsed.parser.layout();
     if options.durations.is_some() && (layout.has_signal || !layout.timestamps) {
         return Err(Error::Config(
-            "durations derive skips from play times: use them only with timestamped inputs that have no skip column".into(),
+            "durations derive skips from play times: use them only with timestamped inputs that have no skip column"
+                .into(),
         ));
     }
 
@@ -171,8 +172,7 @@ pub fn run(paths: &[PathBuf], format: &Format, options: &Options, progress: &Ato
     let sessions = build::sessions(&rows, &groups, layout.gap_cut.then_some(rules.session_gap));
     if let Some(path) = &options.durations {
         let table = durations::read(path)?;
-        let per_raw: Vec<f64> =
-            merged.raw_keys.iter().map(|k| table.get(*k).copied().unwrap_or(f64::NAN)).collect();
+        let per_raw: Vec<f64> = merged.raw_keys.iter().map(|k| table.get(*k).copied().unwrap_or(f64::NAN)).collect();
         build::skips_from_durations(&mut rows, &sessions, &per_raw);
     }
     let windows = build::filter(&rows, &sessions, rules);
@@ -270,7 +270,12 @@ mod tests {
         for (sid, plays) in sessions {
             for (pos, (track, skip)) in plays.iter().enumerate() {
                 let s = if *skip { "True" } else { "False" };
-                text += &format!("{sid},{},{},{track},False,{s},{s},{}\n", pos + 1, plays.len(), if *skip { "False" } else { "True" });
+                text += &format!(
+                    "{sid},{},{},{track},False,{s},{s},{}\n",
+                    pos + 1,
+                    plays.len(),
+                    if *skip { "False" } else { "True" }
+                );
             }
         }
         text
@@ -344,7 +349,10 @@ mod tests {
         let a = run(&[plain], &fmt, &options(1, None, false), &p).unwrap();
         for other in [gz, shards] {
             let b = run(&[other], &fmt, &options(1, None, false), &p).unwrap();
-            assert_eq!((&a.items, &a.skips, &a.offsets, &a.vocab.data), (&b.items, &b.skips, &b.offsets, &b.vocab.data));
+            assert_eq!(
+                (&a.items, &a.skips, &a.offsets, &a.vocab.data),
+                (&b.items, &b.skips, &b.offsets, &b.vocab.data)
+            );
         }
     }
 
@@ -418,7 +426,8 @@ mod tests {
         assert_eq!(d.skips, vec![0, 1, 0, 0]);
         assert_eq!(d.session_keys.get(2), b"2#0");
 
-        let inter = "session_id:token\titem_id:token\ttimestamp:float\tskip:float\ns1\ti1\t2.0\t1.0\ns1\ti2\t1.0\t0.0\n";
+        let inter =
+            "session_id:token\titem_id:token\ttimestamp:float\tskip:float\ns1\ti1\t2.0\t1.0\ns1\ti2\t1.0\t0.0\n";
         let path = write(dir.path(), "x.inter", inter);
         let spec = EventsSpec { signal: Signal::Bool("skip".into()), ..EventsSpec::default() };
         let d = run(&[path], &Format::Recbole(spec), &options(1, None, false), &p).unwrap();

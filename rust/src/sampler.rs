@@ -37,21 +37,17 @@ impl Distribution {
     pub fn parse(name: &str, alpha: f64) -> Result<Self> {
         match name {
             "uniform" => Ok(Distribution::Uniform),
-            "popularity" if alpha.is_finite() && alpha >= 0.0 => {
-                Ok(Distribution::Popularity { alpha })
-            }
-            "popularity" => Err(Error::Config(format!(
-                "alpha must be a finite number >= 0, got {alpha}"
-            ))),
-            other => Err(Error::Config(format!(
-                "distribution must be 'uniform' or 'popularity', got {other:?}"
-            ))),
+            "popularity" if alpha.is_finite() && alpha >= 0.0 => Ok(Distribution::Popularity { alpha }),
+            "popularity" => Err(Error::Config(format!("alpha must be a finite number >= 0, got {alpha}"))),
+            other => Err(Error::Config(format!("distribution must be 'uniform' or 'popularity', got {other:?}"))),
         }
     }
 }
 
 enum Table {
-    Uniform { logq: f32 },
+    Uniform {
+        logq: f32,
+    },
     /// `classes` draws real items (id minus [`N_RESERVED`]); `logq` is per real item.
     Popularity {
         classes: CountClasses,
@@ -92,25 +88,14 @@ impl Scratch {
 
 impl NegativeSampler {
     /// A sampler over `vocab_size` ids; `item_counts` (one per id) is needed for popularity.
-    pub fn new(
-        vocab_size: usize,
-        distribution: Distribution,
-        item_counts: Option<&[u64]>,
-        seed: u64,
-    ) -> Result<Self> {
+    pub fn new(vocab_size: usize, distribution: Distribution, item_counts: Option<&[u64]>, seed: u64) -> Result<Self> {
         check_vocab_size(vocab_size)?;
         let n_real = vocab_size - N_RESERVED as usize;
         let (table, n_positive) = match distribution {
-            Distribution::Uniform => (
-                Table::Uniform {
-                    logq: -(n_real as f64).ln() as f32,
-                },
-                n_real,
-            ),
+            Distribution::Uniform => (Table::Uniform { logq: -(n_real as f64).ln() as f32 }, n_real),
             Distribution::Popularity { alpha } => {
-                let counts = item_counts.ok_or_else(|| {
-                    Error::Config("the popularity distribution needs item_counts".into())
-                })?;
+                let counts =
+                    item_counts.ok_or_else(|| Error::Config("the popularity distribution needs item_counts".into()))?;
                 if counts.len() != vocab_size {
                     return Err(Error::Config(format!(
                         "item_counts has {} entries but vocab_size is {vocab_size}",
@@ -120,12 +105,7 @@ impl NegativeSampler {
                 popularity_table(&counts[N_RESERVED as usize..], alpha)?
             }
         };
-        Ok(NegativeSampler {
-            vocab_size: vocab_size as u32,
-            seed,
-            n_positive,
-            table,
-        })
+        Ok(NegativeSampler { vocab_size: vocab_size as u32, seed, n_positive, table })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -163,8 +143,7 @@ impl NegativeSampler {
         match &self.table {
             Table::Uniform { logq: uniform } => {
                 let n = (self.vocab_size - N_RESERVED) as u64;
-                ids.iter_mut()
-                    .for_each(|id| *id = N_RESERVED + rng.below(n) as u32);
+                ids.iter_mut().for_each(|id| *id = N_RESERVED + rng.below(n) as u32);
                 logq.fill(*uniform);
             }
             Table::Popularity { classes, .. } => {
@@ -344,9 +323,7 @@ fn check_ids(ids: &[i64], vocab_size: u32, what: &str) -> Result<()> {
 fn popularity_table(counts: &[u64], alpha: f64) -> Result<(Table, usize)> {
     let max = counts.iter().copied().max().unwrap_or(0);
     if max == 0 {
-        return Err(Error::Config(
-            "item_counts are all zero: the popularity distribution has nothing to draw".into(),
-        ));
+        return Err(Error::Config("item_counts are all zero: the popularity distribution has nothing to draw".into()));
     }
     // Scaled by the largest count so that large alphas cannot overflow.
     let log_max = (max as f64).ln();
@@ -375,9 +352,7 @@ mod tests {
     use std::collections::HashSet;
 
     fn counts(vocab: usize) -> Vec<u64> {
-        (0..vocab as u64)
-            .map(|i| if i < 2 { 0 } else { i % 7 })
-            .collect()
+        (0..vocab as u64).map(|i| if i < 2 { 0 } else { i % 7 }).collect()
     }
 
     #[test]
@@ -389,9 +364,7 @@ mod tests {
         let set: HashSet<i64> = ids.iter().copied().collect();
         assert_eq!(set.len(), 250, "duplicates in {ids:?}");
         let excluded: HashSet<i64> = exclude.into_iter().collect();
-        assert!(ids
-            .iter()
-            .all(|id| *id >= 2 && *id < 500 && !excluded.contains(id)));
+        assert!(ids.iter().all(|id| *id >= 2 && *id < 500 && !excluded.contains(id)));
         assert!(logq.iter().all(|&l| (l - -(498f32).ln()).abs() < 1e-6));
     }
 
@@ -399,9 +372,7 @@ mod tests {
     fn popularity_never_draws_zero_counts_and_reports_logq() {
         let vocab = 300;
         let c = counts(vocab);
-        let sampler =
-            NegativeSampler::new(vocab, Distribution::Popularity { alpha: 0.75 }, Some(&c), 1)
-                .unwrap();
+        let sampler = NegativeSampler::new(vocab, Distribution::Popularity { alpha: 0.75 }, Some(&c), 1).unwrap();
         let total: f64 = c.iter().map(|&x| (x as f64).powf(0.75)).sum();
         for batch in 0..20 {
             let (ids, logq) = sampler.sample(&[5, 6, 0], 50, 1, 0, batch).unwrap();
@@ -430,13 +401,9 @@ mod tests {
     #[test]
     fn same_draws_from_any_thread() {
         let c = counts(5000);
-        let sampler =
-            NegativeSampler::new(5000, Distribution::Popularity { alpha: 1.0 }, Some(&c), 5)
-                .unwrap();
+        let sampler = NegativeSampler::new(5000, Distribution::Popularity { alpha: 1.0 }, Some(&c), 5).unwrap();
         let exclude: Vec<i64> = (2..300).collect();
-        let sequential: Vec<_> = (0..8)
-            .map(|b| sampler.sample(&exclude, 100, 2, 1, b).unwrap())
-            .collect();
+        let sequential: Vec<_> = (0..8).map(|b| sampler.sample(&exclude, 100, 2, 1, b).unwrap()).collect();
         let parallel: Vec<_> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..8)
                 .rev()
@@ -455,19 +422,12 @@ mod tests {
     #[test]
     fn k_too_large_is_an_error_and_exact_k_completes() {
         let c = counts(100);
-        let pop = NegativeSampler::new(100, Distribution::Popularity { alpha: 1.0 }, Some(&c), 0)
-            .unwrap();
+        let pop = NegativeSampler::new(100, Distribution::Popularity { alpha: 1.0 }, Some(&c), 0).unwrap();
         let n_positive = c.iter().filter(|&&x| x > 0).count();
         // Excluding an id of count 0 does not shrink the pool; excluding a positive one does.
         let (ids, _) = pop.sample(&[7, 14], n_positive, 0, 0, 0).unwrap();
-        assert_eq!(
-            ids.iter().copied().collect::<HashSet<_>>().len(),
-            n_positive
-        );
-        let err = pop
-            .sample(&[3], n_positive, 0, 0, 0)
-            .unwrap_err()
-            .to_string();
+        assert_eq!(ids.iter().copied().collect::<HashSet<_>>().len(), n_positive);
+        let err = pop.sample(&[3], n_positive, 0, 0, 0).unwrap_err().to_string();
         assert_eq!(n_positive, 84);
         assert_eq!(
             err,
@@ -497,13 +457,7 @@ mod tests {
         // One item holds almost all the mass; drawing every item needs the exact fallback.
         let mut c = vec![0u64, 0, 1_000_000_000];
         c.extend(std::iter::repeat_n(1, 200));
-        let sampler = NegativeSampler::new(
-            c.len(),
-            Distribution::Popularity { alpha: 3.0 },
-            Some(&c),
-            0,
-        )
-        .unwrap();
+        let sampler = NegativeSampler::new(c.len(), Distribution::Popularity { alpha: 3.0 }, Some(&c), 0).unwrap();
         let (ids, logq) = sampler.sample(&[], 201, 0, 0, 0).unwrap();
         assert_eq!(ids.iter().copied().collect::<HashSet<_>>().len(), 201);
         assert!(logq.iter().all(|l| l.is_finite()));
@@ -512,38 +466,16 @@ mod tests {
     #[test]
     fn bad_arguments_are_config_errors() {
         let msg = |r: Result<NegativeSampler>| r.err().unwrap().to_string();
-        assert!(msg(NegativeSampler::new(2, Distribution::Uniform, None, 0))
-            .contains("vocab_size must be"));
-        assert!(msg(NegativeSampler::new(
-            10,
-            Distribution::Popularity { alpha: 1.0 },
-            None,
-            0
-        ))
-        .contains("needs item_counts"));
-        assert!(msg(NegativeSampler::new(
-            10,
-            Distribution::Popularity { alpha: 1.0 },
-            Some(&[0; 10]),
-            0
-        ))
-        .contains("all zero"));
-        assert!(msg(NegativeSampler::new(
-            10,
-            Distribution::Popularity { alpha: 1.0 },
-            Some(&[1; 9]),
-            0
-        ))
-        .contains("9 entries"));
-        assert!(Distribution::parse("zipf", 1.0)
-            .unwrap_err()
-            .to_string()
-            .contains("'uniform' or 'popularity'"));
+        assert!(msg(NegativeSampler::new(2, Distribution::Uniform, None, 0)).contains("vocab_size must be"));
+        assert!(msg(NegativeSampler::new(10, Distribution::Popularity { alpha: 1.0 }, None, 0))
+            .contains("needs item_counts"));
+        assert!(msg(NegativeSampler::new(10, Distribution::Popularity { alpha: 1.0 }, Some(&[0; 10]), 0))
+            .contains("all zero"));
+        assert!(msg(NegativeSampler::new(10, Distribution::Popularity { alpha: 1.0 }, Some(&[1; 9]), 0))
+            .contains("9 entries"));
+        assert!(Distribution::parse("zipf", 1.0).unwrap_err().to_string().contains("'uniform' or 'popularity'"));
         let s = NegativeSampler::new(10, Distribution::Uniform, None, 0).unwrap();
         let err = s.sample(&[3, 10], 1, 0, 0, 0).unwrap_err().to_string();
-        assert_eq!(
-            err,
-            "exclude[1] = 10 is not an item id (expected 0 <= id < vocab_size = 10)"
-        );
+        assert_eq!(err, "exclude[1] = 10 is not an item id (expected 0 <= id < vocab_size = 10)");
     }
 }

@@ -29,14 +29,8 @@ const STREAM_SESSION_ID: u64 = 0x7379_6e74_6800_0002;
 const CHUNK: usize = 512;
 /// Dates run over the 92 days from 2018-07-01.
 const N_DAYS: u64 = 92;
-const CONTEXT_TYPES: [&str; 6] = [
-    "editorial_playlist",
-    "user_collection",
-    "catalog",
-    "radio",
-    "charts",
-    "personalized_playlist",
-];
+const CONTEXT_TYPES: [&str; 6] =
+    ["editorial_playlist", "user_collection", "catalog", "radio", "charts", "personalized_playlist"];
 
 /// Parameters of the generator.
 #[derive(Clone, Debug)]
@@ -93,16 +87,10 @@ impl SynthConfig {
             }
         }
         if self.min_length < 1 || self.min_length > self.max_length {
-            return bad(format!(
-                "need 1 <= min_length <= max_length, got {} and {}",
-                self.min_length, self.max_length
-            ));
+            return bad(format!("need 1 <= min_length <= max_length, got {} and {}", self.min_length, self.max_length));
         }
         if !(self.zipf_exponent.is_finite() && self.zipf_exponent >= 0.0) {
-            return bad(format!(
-                "zipf_exponent must be finite and >= 0, got {}",
-                self.zipf_exponent
-            ));
+            return bad(format!("zipf_exponent must be finite and >= 0, got {}", self.zipf_exponent));
         }
         Ok(())
     }
@@ -124,9 +112,7 @@ pub fn thread_count(requested: usize) -> Result<usize> {
     match std::env::var("NEGREC_NUM_THREADS") {
         Ok(value) => match value.trim().parse::<usize>() {
             Ok(n) if n > 0 => Ok(n),
-            _ => Err(Error::Config(format!(
-                "NEGREC_NUM_THREADS must be a positive integer, got {value:?}"
-            ))),
+            _ => Err(Error::Config(format!("NEGREC_NUM_THREADS must be a positive integer, got {value:?}"))),
         },
         Err(_) => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
     }
@@ -140,10 +126,7 @@ pub fn generate_mssd(path: &Path, config: &SynthConfig) -> Result<u64> {
         .num_threads(threads)
         .build()
         .map_err(|e| Error::Config(format!("cannot start {threads} threads: {e}")))?;
-    let io = |source: std::io::Error| Error::Io {
-        file: path.to_path_buf(),
-        source,
-    };
+    let io = |source: std::io::Error| Error::Io { file: path.to_path_buf(), source };
     let file = BufWriter::with_capacity(1 << 20, File::create(path).map_err(io)?);
     let mut out: Box<dyn Write> = if path.extension().is_some_and(|e| e == "gz") {
         Box::new(GzEncoder::new(file, Compression::fast()))
@@ -158,12 +141,8 @@ pub fn generate_mssd(path: &Path, config: &SynthConfig) -> Result<u64> {
     let wave = 4 * threads;
     let mut rows = 0u64;
     for first in (0..n_chunks).step_by(wave) {
-        let chunks: Vec<(Vec<u8>, u64)> = pool.install(|| {
-            (first..(first + wave).min(n_chunks))
-                .into_par_iter()
-                .map(|c| world.chunk(c))
-                .collect()
-        });
+        let chunks: Vec<(Vec<u8>, u64)> =
+            pool.install(|| (first..(first + wave).min(n_chunks)).into_par_iter().map(|c| world.chunk(c)).collect());
         for (text, n) in chunks {
             out.write_all(&text).map_err(io)?;
             rows += n;
@@ -189,15 +168,11 @@ impl<'a> World<'a> {
     fn new(config: &'a SynthConfig) -> Self {
         let (t, n) = (config.n_tastes, config.n_items);
         let zipf = |size: usize| {
-            let weights: Vec<f64> = (0..size)
-                .map(|r| ((r + 1) as f64).powf(-config.zipf_exponent))
-                .collect();
+            let weights: Vec<f64> = (0..size).map(|r| ((r + 1) as f64).powf(-config.zipf_exponent)).collect();
             AliasTable::new(&weights)
         };
         let small = n / t;
-        let track_ids = (0..n)
-            .map(|i| track_id(i).into_bytes().try_into().expect("18 bytes"))
-            .collect();
+        let track_ids = (0..n).map(|i| track_id(i).into_bytes().try_into().expect("18 bytes")).collect();
         World {
             config,
             zipf_big: zipf(small + 1),
@@ -235,33 +210,20 @@ impl<'a> World<'a> {
         let cfg = self.config;
         let t = cfg.n_tastes;
         let taste = rng.below(t as u64) as usize;
-        let length =
-            cfg.min_length + rng.below((cfg.max_length - cfg.min_length + 1) as u64) as usize;
+        let length = cfg.min_length + rng.below((cfg.max_length - cfg.min_length + 1) as u64) as usize;
         let is_shuffle = rng.chance(0.3);
         let hour = rng.below(24);
         let date = &self.dates[rng.below(N_DAYS) as usize];
         let premium = rng.chance(0.75);
         let mut context = CONTEXT_TYPES[rng.below(CONTEXT_TYPES.len() as u64) as usize];
-        let mut reason_start = if rng.chance(0.7) {
-            "clickrow"
-        } else {
-            "playbtn"
-        };
+        let mut reason_start = if rng.chance(0.7) { "clickrow" } else { "playbtn" };
         let id = mix64((s as u64) ^ self.session_key);
 
         for position in 1..=length {
             let on_taste = rng.chance(cfg.on_taste_prob);
-            let play_taste = if on_taste {
-                taste
-            } else {
-                (taste + 1 + rng.below(t as u64 - 1) as usize) % t
-            };
+            let play_taste = if on_taste { taste } else { (taste + 1 + rng.below(t as u64 - 1) as usize) % t };
             let item = self.item(play_taste, rng);
-            let skip_2 = rng.chance(if on_taste {
-                cfg.skip_prob_on
-            } else {
-                cfg.skip_prob_off
-            });
+            let skip_2 = rng.chance(if on_taste { cfg.skip_prob_on } else { cfg.skip_prob_off });
             let skip_1 = skip_2 && rng.chance(0.5);
             let skip_3 = skip_2 || rng.chance(0.1);
             let context_switch = position > 1 && rng.chance(0.03);
@@ -275,11 +237,7 @@ impl<'a> World<'a> {
                 _ if pause < 0.95 => (false, true, false),
                 _ => (false, true, true),
             };
-            let seek_fwd = if skip_2 && rng.chance(0.1) {
-                1 + rng.below(2)
-            } else {
-                0
-            };
+            let seek_fwd = if skip_2 && rng.chance(0.1) { 1 + rng.below(2) } else { 0 };
             let seek_back = rng.chance(0.02) as u64;
             let reason_end = if skip_2 {
                 if rng.chance(0.85) {
@@ -323,11 +281,7 @@ impl<'a> World<'a> {
                 out.extend_from_slice(text.as_bytes());
             }
             out.push(b'\n');
-            reason_start = if reason_end == "endplay" {
-                "clickrow"
-            } else {
-                reason_end
-            };
+            reason_start = if reason_end == "endplay" { "clickrow" } else { reason_end };
         }
         length as u64
     }
@@ -349,11 +303,7 @@ fn push_uint(out: &mut Vec<u8>, mut v: u64) {
 
 fn push_hex(out: &mut Vec<u8>, v: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    out.extend(
-        (0..16)
-            .rev()
-            .map(|i| DIGITS[((v >> (4 * i)) & 15) as usize]),
-    );
+    out.extend((0..16).rev().map(|i| DIGITS[((v >> (4 * i)) & 15) as usize]));
 }
 
 /// `YYYY-MM-DD` of day `d` after 2018-07-01 (d < 92: July to September).
@@ -373,14 +323,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn small(seed: u64, threads: usize) -> SynthConfig {
-        SynthConfig {
-            n_sessions: 1500,
-            n_items: 300,
-            n_tastes: 6,
-            seed,
-            n_threads: threads,
-            ..Default::default()
-        }
+        SynthConfig { n_sessions: 1500, n_items: 300, n_tastes: 6, seed, n_threads: threads, ..Default::default() }
     }
 
     #[test]
@@ -405,15 +348,11 @@ mod tests {
         let config = small(5, 2);
         let rows = generate_mssd(&path, &config).unwrap();
         let mut text = String::new();
-        std::io::Read::read_to_string(
-            &mut flate2::read::GzDecoder::new(File::open(&path).unwrap()),
-            &mut text,
-        )
-        .unwrap();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(File::open(&path).unwrap()), &mut text)
+            .unwrap();
         let mut lines = text.lines();
         assert_eq!(lines.next(), Some(HEADER));
-        let taste_of: HashMap<String, usize> =
-            (0..config.n_items).map(|i| (track_id(i), i % 6)).collect();
+        let taste_of: HashMap<String, usize> = (0..config.n_items).map(|i| (track_id(i), i % 6)).collect();
         let mut sessions: HashMap<&str, Vec<Vec<&str>>> = HashMap::new();
         for line in lines {
             let fields: Vec<&str> = line.split(',').collect();
@@ -434,31 +373,16 @@ mod tests {
             for (i, p) in plays.iter().enumerate() {
                 assert_eq!(p[1], (i + 1).to_string());
                 assert_eq!(p[2], n.to_string());
-                let (s1, s2, s3, ns) = (
-                    p[4] == "True",
-                    p[5] == "True",
-                    p[6] == "True",
-                    p[7] == "True",
-                );
+                let (s1, s2, s3, ns) = (p[4] == "True", p[5] == "True", p[6] == "True", p[7] == "True");
                 assert!((!s1 || s2) && (!s2 || s3) && ns != s3, "{p:?}");
-                let bucket = if taste_of[p[3]] == taste {
-                    &mut on
-                } else {
-                    &mut off
-                };
+                let bucket = if taste_of[p[3]] == taste { &mut on } else { &mut off };
                 bucket.0 += s2 as u8 as f64;
                 bucket.1 += 1.0;
             }
         }
         let (on_rate, off_rate) = (on.0 / on.1, off.0 / off.1);
-        assert!(
-            (on_rate - 0.15).abs() < 0.03,
-            "on-taste skip rate {on_rate}"
-        );
-        assert!(
-            (off_rate - 0.8).abs() < 0.05,
-            "off-taste skip rate {off_rate}"
-        );
+        assert!((on_rate - 0.15).abs() < 0.03, "on-taste skip rate {on_rate}");
+        assert!((off_rate - 0.8).abs() < 0.05, "off-taste skip rate {off_rate}");
     }
 
     #[test]
@@ -467,27 +391,13 @@ mod tests {
         let p = dir.path().join("x.csv");
         let err = |c: SynthConfig| generate_mssd(&p, &c).unwrap_err().to_string();
         assert_eq!(
-            err(SynthConfig {
-                skip_prob_on: 1.5,
-                ..small(0, 1)
-            }),
+            err(SynthConfig { skip_prob_on: 1.5, ..small(0, 1) }),
             "skip_prob_on must be a probability in [0, 1], got 1.5"
         );
-        assert!(err(SynthConfig {
-            n_tastes: 1,
-            ..small(0, 1)
-        })
-        .starts_with("need 2 <= n_tastes"));
-        assert!(err(SynthConfig {
-            min_length: 5,
-            max_length: 4,
-            ..small(0, 1)
-        })
-        .contains("min_length"));
+        assert!(err(SynthConfig { n_tastes: 1, ..small(0, 1) }).starts_with("need 2 <= n_tastes"));
+        assert!(err(SynthConfig { min_length: 5, max_length: 4, ..small(0, 1) }).contains("min_length"));
         let missing = dir.path().join("no/such/dir.csv");
-        let io = generate_mssd(&missing, &small(0, 1))
-            .unwrap_err()
-            .to_string();
+        let io = generate_mssd(&missing, &small(0, 1)).unwrap_err().to_string();
         assert!(io.starts_with(&format!("{}: ", missing.display())), "{io}");
     }
 

@@ -106,10 +106,16 @@ pub(crate) fn merge(chunks: &[Chunk], keep_order: bool) -> Merged<'_> {
         },
     );
     let mut skips = vec![0u8; total];
-    split_like(&mut skips, chunks).into_par_iter().zip(chunks.par_iter()).for_each(|(out, c)| out.copy_from_slice(&c.skips));
+    split_like(&mut skips, chunks)
+        .into_par_iter()
+        .zip(chunks.par_iter())
+        .for_each(|(out, c)| out.copy_from_slice(&c.skips));
     let mut order = vec![0i64; if keep_order { total } else { 0 }];
     if keep_order {
-        split_like(&mut order, chunks).into_par_iter().zip(chunks.par_iter()).for_each(|(out, c)| out.copy_from_slice(&c.order));
+        split_like(&mut order, chunks)
+            .into_par_iter()
+            .zip(chunks.par_iter())
+            .for_each(|(out, c)| out.copy_from_slice(&c.order));
     }
     let mut runs = Vec::with_capacity(chunks.iter().map(|c| c.run_starts.len()).sum());
     let mut row = 0;
@@ -408,7 +414,10 @@ mod tests {
         let mut r = rows(vec![0, 1, 0, 1], vec![0; 4], vec![0, 100, 2000, 2050]);
         let g = Groups { keys: vec![b"u"], bounds: vec![0, 4] };
         let s = sessions(&r, &g, Some(1800));
-        assert_eq!(s.iter().map(|s| (s.part, s.start, s.end)).collect::<Vec<_>>(), vec![(Some(0), 0, 2), (Some(1), 2, 4)]);
+        assert_eq!(
+            s.iter().map(|s| (s.part, s.start, s.end)).collect::<Vec<_>>(),
+            vec![(Some(0), 0, 2), (Some(1), 2, 4)]
+        );
         // track 0 lasts 200 s, track 1 unknown
         skips_from_durations(&mut r, &s, &[200.0, f64::NAN]);
         assert_eq!(r.skips, vec![1, 0, 1, 0]);
@@ -427,7 +436,10 @@ mod tests {
         let r = rows((0..n).collect(), (0..n).map(|i| (i == 11) as u8).collect(), vec![0; n as usize]);
         let s = vec![Session { group: 0, part: None, start: 0, end: n as usize }];
         let w = filter(&r, &s, &rules(2, Some(5), false));
-        assert_eq!(w.iter().map(|w| (w.index, w.start, w.end)).collect::<Vec<_>>(), vec![(Some(0), 0, 5), (Some(1), 5, 10), (Some(2), 10, 13)]);
+        assert_eq!(
+            w.iter().map(|w| (w.index, w.start, w.end)).collect::<Vec<_>>(),
+            vec![(Some(0), 0, 5), (Some(1), 5, 10), (Some(2), 10, 13)]
+        );
         let w = filter(&r, &s, &rules(4, Some(5), false));
         assert_eq!(w.len(), 2, "remainder of 3 plays dropped");
         let w = filter(&r, &s, &rules(2, Some(5), true));
@@ -460,7 +472,8 @@ mod tests {
     #[test]
     fn sample_is_seeded_and_ordered() {
         let r = rows(vec![0; 100], vec![0; 100], vec![0; 100]);
-        let s: Vec<Session> = (0..100).map(|i| Session { group: i, part: None, start: i as usize, end: i as usize + 1 }).collect();
+        let s: Vec<Session> =
+            (0..100).map(|i| Session { group: i, part: None, start: i as usize, end: i as usize + 1 }).collect();
         let mut rl = rules(1, None, false);
         rl.max_sessions = Some(10);
         let a = filter(&r, &s, &rl);
@@ -474,7 +487,10 @@ mod tests {
     #[test]
     fn vocabulary_follows_kept_windows() {
         let r = rows(vec![7, 3, 7, 5, 3], vec![0, 1, 0, 0, 1], vec![10, 11, 12, 13, 14]);
-        let w = vec![Window { session: 0, index: None, start: 1, end: 3 }, Window { session: 1, index: None, start: 3, end: 5 }];
+        let w = vec![
+            Window { session: 0, index: None, start: 1, end: 3 },
+            Window { session: 1, index: None, start: 3, end: 5 },
+        ];
         let e = encode(r, &w, 8, true);
         assert_eq!(e.items, vec![2, 3, 4, 2]);
         assert_eq!(e.vocab_raw, vec![3, 7, 5]);
@@ -484,7 +500,10 @@ mod tests {
         assert_eq!(e.skips, vec![1, 0, 0, 1]);
         // All rows kept in order: encoded in place, same numbering.
         let r = rows(vec![7, 3, 7, 5, 3], vec![0, 1, 0, 0, 1], vec![10, 11, 12, 13, 14]);
-        let w = vec![Window { session: 0, index: None, start: 0, end: 3 }, Window { session: 1, index: None, start: 3, end: 5 }];
+        let w = vec![
+            Window { session: 0, index: None, start: 0, end: 3 },
+            Window { session: 1, index: None, start: 3, end: 5 },
+        ];
         let e = encode(r, &w, 8, false);
         assert_eq!(e.items, vec![2, 3, 2, 4, 3]);
         assert_eq!((e.vocab_raw, e.counts, e.offsets), (vec![7, 3, 5], vec![0, 0, 2, 2, 1], vec![0, 3, 5]));

@@ -94,7 +94,10 @@ mod tests {
         ] {
             let (path, table) = read_text(text);
             let err = table.unwrap_err().to_string();
-            let expected = format!("{}:{at}:2: expected a duration in seconds (a finite number >= 0), found {found}", path.display());
+            let expected = format!(
+                "{}:{at}:2: expected a duration in seconds (a finite number >= 0), found {found}",
+                path.display()
+            );
             assert_eq!(err, expected);
         }
     }

@@ -339,7 +339,8 @@ fn parse_long_integer(raw: &[u8]) -> Option<Result<i128, BadTime>> {
 /// A timestamp in unix seconds: from unix time (integer or decimal; milliseconds when `unit_ms`)
 /// or ISO-8601; `OutOfRange` beyond [`MAX_ABS_SECONDS`].
 pub(crate) fn parse_time(raw: &[u8], unit_ms: bool) -> Result<i64, BadTime> {
-    let in_range = |secs: i64| if secs.unsigned_abs() <= MAX_ABS_SECONDS as u64 { Ok(secs) } else { Err(BadTime::OutOfRange) };
+    let in_range =
+        |secs: i64| if secs.unsigned_abs() <= MAX_ABS_SECONDS as u64 { Ok(secs) } else { Err(BadTime::OutOfRange) };
     let scale = |v: i64| if unit_ms { v.div_euclid(1000) } else { v };
     // Up to 18 digits: |v| < 10^18, no overflow.
     if let Some(v) = parse_i64(raw) {
@@ -349,7 +350,10 @@ pub(crate) fn parse_time(raw: &[u8], unit_ms: bool) -> Result<i64, BadTime> {
         let secs = if unit_ms { v?.div_euclid(1000) } else { v? };
         return i64::try_from(secs).map_err(|_| BadTime::OutOfRange).and_then(in_range);
     }
-    if raw.first().is_some_and(|b| b.is_ascii_digit() || *b == b'-') && !raw.contains(&b':') && raw.get(4) != Some(&b'-') {
+    if raw.first().is_some_and(|b| b.is_ascii_digit() || *b == b'-')
+        && !raw.contains(&b':')
+        && raw.get(4) != Some(&b'-')
+    {
         let x = parse_f64(raw).ok_or(BadTime::Malformed)?;
         let secs = (if unit_ms { x / 1000.0 } else { x }).floor();
         return if secs.abs() <= MAX_ABS_SECONDS as f64 { Ok(secs as i64) } else { Err(BadTime::OutOfRange) };
@@ -404,7 +408,14 @@ mod tests {
         let max = MAX_ABS_SECONDS;
         assert_eq!(parse_time(max.to_string().as_bytes(), false), Ok(max));
         assert_eq!(parse_time(format!("-{max}").as_bytes(), false), Ok(-max));
-        for raw in ["9007199254740992", "-9007199254740992", "99999999999999999999", "-9223372036854775808", "1e300", "-9.1e15"] {
+        for raw in [
+            "9007199254740992",
+            "-9007199254740992",
+            "99999999999999999999",
+            "-9223372036854775808",
+            "1e300",
+            "-9.1e15",
+        ] {
             assert_eq!(parse_time(raw.as_bytes(), false), Err(BadTime::OutOfRange), "{raw}");
         }
         let long = "9".repeat(60);

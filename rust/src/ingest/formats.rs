@@ -141,7 +141,14 @@ pub(crate) enum TableSignal {
 /// A row parser for one file, with the column positions resolved from its header.
 #[derive(Debug, Clone)]
 pub(crate) enum Parser {
-    Mssd { n: usize, session: usize, position: usize, track: usize, skip: usize, negate: bool },
+    Mssd {
+        n: usize,
+        session: usize,
+        position: usize,
+        track: usize,
+        skip: usize,
+        negate: bool,
+    },
     Lfm1k,
     Lfm2b,
     Table {
@@ -225,12 +232,20 @@ impl Format {
                 // A time out of range is a data row (its error is reported), not a header.
                 Ok((Parser::Lfm2b, fields::parse_time(third, false) == Err(fields::BadTime::Malformed)))
             }
-            Format::Events(spec) => Self::table(file, first_line, spec, spec.delimiter.unwrap_or_else(|| default_delimiter(file)), false),
+            Format::Events(spec) => {
+                Self::table(file, first_line, spec, spec.delimiter.unwrap_or_else(|| default_delimiter(file)), false)
+            }
             Format::Recbole(spec) => Self::table(file, first_line, spec, spec.delimiter.unwrap_or(b'\t'), true),
         }
     }
 
-    fn table(file: &Path, first_line: &[u8], spec: &EventsSpec, delimiter: u8, recbole: bool) -> Result<(Parser, bool), Error> {
+    fn table(
+        file: &Path,
+        first_line: &[u8],
+        spec: &EventsSpec,
+        delimiter: u8,
+        recbole: bool,
+    ) -> Result<(Parser, bool), Error> {
         let names = header_names(first_line, delimiter, recbole);
         let has = |name: &str| names.iter().any(|n| n == name);
         let (group, group_is_user) = match (&spec.session, &spec.user) {
@@ -250,7 +265,9 @@ impl Format {
         };
         let item = find(file, &names, spec.item.as_deref().unwrap_or("item_id"))?;
         let time = match (&spec.timestamp, &spec.position) {
-            (Some(_), Some(_)) => return Err(Error::Config("give either a timestamp or a position column, not both".into())),
+            (Some(_), Some(_)) => {
+                return Err(Error::Config("give either a timestamp or a position column, not both".into()))
+            }
             (Some(t), None) => Some((find(file, &names, t)?, true)),
             (None, Some(p)) => Some((find(file, &names, p)?, false)),
             (None, None) if has("timestamp") => Some((find(file, &names, "timestamp")?, true)),
@@ -324,7 +341,9 @@ impl Parser {
 
     pub fn layout(&self) -> Layout {
         match self {
-            Parser::Mssd { .. } => Layout { consecutive: true, timestamps: false, gap_cut: false, ordered: true, has_signal: true },
+            Parser::Mssd { .. } => {
+                Layout { consecutive: true, timestamps: false, gap_cut: false, ordered: true, has_signal: true }
+            }
             Parser::Lfm1k | Parser::Lfm2b => {
                 Layout { consecutive: false, timestamps: true, gap_cut: true, ordered: true, has_signal: false }
             }
@@ -373,7 +392,14 @@ impl Parser {
                     key.extend_from_slice(&track);
                     Cow::Owned(key)
                 };
-                Ok(Row { group: non_empty(f.text(0), 1, "user id")?, group_col: 1, item, item_col: 5, skip: false, order })
+                Ok(Row {
+                    group: non_empty(f.text(0), 1, "user id")?,
+                    group_col: 1,
+                    item,
+                    item_col: 5,
+                    skip: false,
+                    order,
+                })
             }
             Parser::Lfm2b => {
                 f.expect_count(3, b'\t')?;
@@ -397,12 +423,17 @@ impl Parser {
                 let skip = match *signal {
                     TableSignal::None => false,
                     TableSignal::Bool(c) => fields::lenient_bool(f.raw(c), c + 1)?,
-                    TableSignal::Ratio(c, t) | TableSignal::Rating(c, t) => fields::number(f.raw(c), c + 1, "a ratio or rating")? < t,
+                    TableSignal::Ratio(c, t) | TableSignal::Rating(c, t) => {
+                        fields::number(f.raw(c), c + 1, "a ratio or rating")? < t
+                    }
                     TableSignal::PlayTime(p, d, t) => {
                         let play = fields::number(f.raw(p), p + 1, "play time")?;
                         let duration = fields::number(f.raw(d), d + 1, "duration")?;
                         if duration <= 0.0 {
-                            return Err(FieldError::new(d + 1, format!("expected a positive duration, found {}", fields::show(f.raw(d)))));
+                            return Err(FieldError::new(
+                                d + 1,
+                                format!("expected a positive duration, found {}", fields::show(f.raw(d))),
+                            ));
                         }
                         play / duration < t
                     }

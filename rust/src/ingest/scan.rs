@@ -116,7 +116,10 @@ impl<'a, K: Kernel> Marks<'a, K> {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a prefetch is a hint; it never faults, whatever the address.
         unsafe {
-            std::arch::x86_64::_mm_prefetch(rest.as_ptr().wrapping_add(PREFETCH_AHEAD) as *const i8, std::arch::x86_64::_MM_HINT_T0)
+            std::arch::x86_64::_mm_prefetch(
+                rest.as_ptr().wrapping_add(PREFETCH_AHEAD) as *const i8,
+                std::arch::x86_64::_MM_HINT_T0,
+            )
         }
         let (d, n, q) = if rest.len() >= 64 {
             self.kernel.masks(rest[..64].try_into().expect("64 bytes"), self.delimiter)

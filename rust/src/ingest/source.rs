@@ -119,7 +119,11 @@ impl<'a, 'p> ChunkParser<'a, 'p> {
         }
     }
 
-    fn try_line(&mut self, fields: &Fields<'a, '_>, item_hash: Option<(u64, &[u8])>) -> std::result::Result<(), FieldError> {
+    fn try_line(
+        &mut self,
+        fields: &Fields<'a, '_>,
+        item_hash: Option<(u64, &[u8])>,
+    ) -> std::result::Result<(), FieldError> {
         self.chunk.rows += 1;
         let row = self.parser.row(fields)?;
         let hash = match item_hash {
@@ -177,7 +181,14 @@ impl<'a, 'p> ChunkParser<'a, 'p> {
     /// (same checks as `Parser::row`); false sends the line to the generic path, which
     /// reports what is wrong with it.
     #[inline(always)]
-    fn mssd_line(&mut self, m: &MssdColumns, line_index: u64, spans: &[Span], count: usize, item_hash: u64) -> Option<bool> {
+    fn mssd_line(
+        &mut self,
+        m: &MssdColumns,
+        line_index: u64,
+        spans: &[Span],
+        count: usize,
+        item_hash: u64,
+    ) -> Option<bool> {
         if count != m.n {
             return None;
         }
@@ -543,7 +554,8 @@ pub(crate) fn read_all(
             if a != b {
                 return Err(Error::Input {
                     file: file.clone(),
-                    message: "this shard's columns give a different layout (session/user, time) than the first file's".into(),
+                    message: "this shard's columns give a different layout (session/user, time) than the first file's"
+                        .into(),
                 });
             }
         } else {
@@ -576,7 +588,11 @@ fn populate(map: &memmap2::Mmap, piece: &[u8]) {
     #[cfg(target_os = "linux")]
     if map.len() <= POPULATE_MAX {
         // A hint: kernels before 5.14 refuse it and the pages are faulted in as read.
-        let _ = map.advise_range(memmap2::Advice::PopulateRead, piece.as_ptr() as usize - map.as_ptr() as usize, piece.len());
+        let _ = map.advise_range(
+            memmap2::Advice::PopulateRead,
+            piece.as_ptr() as usize - map.as_ptr() as usize,
+            piece.len(),
+        );
     }
     let _ = (map, piece);
 }
@@ -687,7 +703,8 @@ fn read_gz(
     progress: &AtomicU64,
 ) -> Result<(Parser, Vec<Chunk>)> {
     let handle = File::open(file).map_err(|e| io_error(file, e))?;
-    let mut reader = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, Counting { inner: handle, progress }));
+    let mut reader =
+        flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, Counting { inner: handle, progress }));
     let delimiter = format.delimiter(&file.with_extension(""));
     let mut buf = Vec::new();
     let mut chunks: Vec<Chunk> = Vec::new();
@@ -725,7 +742,8 @@ fn read_gz(
         if let Some(p) = &parser {
             let body = &buf[start..cut];
             let pieces = split_at_newlines(body, rayon::current_num_threads().max(1) * 2);
-            let mut block: Vec<Chunk> = pieces.par_iter().map(|piece| parse_chunk(piece, p, skip_bad, keep_order, None)).collect();
+            let mut block: Vec<Chunk> =
+                pieces.par_iter().map(|piece| parse_chunk(piece, p, skip_bad, keep_order, None)).collect();
             line = number_lines(&mut block, line);
             let failed = !skip_bad && block.iter().any(|c| c.error.is_some());
             chunks.extend(block);
@@ -785,7 +803,8 @@ mod tests {
 
     #[test]
     fn chunk_runs_and_local_ids() {
-        let data = b"a,1,2,t1,False,False,False,True\r\na,2,2,t2,True,True,True,False\n\nb,1,1,t1,False,True,True,False";
+        let data =
+            b"a,1,2,t1,False,False,False,True\r\na,2,2,t2,True,True,True,False\n\nb,1,1,t1,False,True,True,False";
         let c = parse_chunk(data, &mssd_parser(), false, true, None);
         assert!(c.error.is_none());
         assert_eq!(c.lines, 4);

@@ -47,7 +47,13 @@ pub fn compute(rule: SplitRule, offsets: &[i64], skips: &[u8], times: Option<&[i
                 let v = if t > 0 { last_kept(sk, t as usize) } else { -1 };
                 out.test_target[s] = t;
                 out.valid_target[s] = v;
-                out.train_end[s] = if v >= 0 { v } else if t >= 0 { t } else { sk.len() as i32 };
+                out.train_end[s] = if v >= 0 {
+                    v
+                } else if t >= 0 {
+                    t
+                } else {
+                    sk.len() as i32
+                };
             }
         }
         SplitRule::Temporal { valid_fraction, test_fraction } => {

@@ -18,9 +18,7 @@ fn slice<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
     array: &'a numpy::PyReadonlyArray<'_, T, D>,
     name: &str,
 ) -> PyResult<&'a [T]> {
-    array
-        .as_slice()
-        .map_err(|_| PyValueError::new_err(format!("{name} must be a C-contiguous array")))
+    array.as_slice().map_err(|_| PyValueError::new_err(format!("{name} must be a C-contiguous array")))
 }
 
 fn build_sampler(
@@ -57,10 +55,7 @@ impl PyNegativeSampler {
             None => None,
         };
         let inner = build_sampler(vocab_size, distribution, alpha, counts, seed)?;
-        Ok(PyNegativeSampler {
-            inner,
-            scratch: Mutex::new(Scratch::default()),
-        })
+        Ok(PyNegativeSampler { inner, scratch: Mutex::new(Scratch::default()) })
     }
 
     #[getter]
@@ -84,22 +79,13 @@ impl PyNegativeSampler {
         let (mut ids, mut logq) = (Vec::new(), Vec::new());
         let mut rng = self.inner.batch_rng(epoch, rank, batch_index);
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        self.inner
-            .sample_into(exclude, k, &mut rng, &mut scratch, &mut ids, &mut logq)
-            .map_err(to_py_err)?;
+        self.inner.sample_into(exclude, k, &mut rng, &mut scratch, &mut ids, &mut logq).map_err(to_py_err)?;
         Ok((ids.into_pyarray(py), logq.into_pyarray(py)))
     }
 
     /// log q of each id (-inf for reserved and never-drawn ids).
-    fn log_prob<'py>(
-        &self,
-        py: Python<'py>,
-        ids: PyReadonlyArrayDyn<'py, i64>,
-    ) -> PyResult<Bound<'py, PyArray1<f32>>> {
-        let logq = self
-            .inner
-            .log_prob(slice(&ids, "ids")?)
-            .map_err(to_py_err)?;
+    fn log_prob<'py>(&self, py: Python<'py>, ids: PyReadonlyArrayDyn<'py, i64>) -> PyResult<Bound<'py, PyArray1<f32>>> {
+        let logq = self.inner.log_prob(slice(&ids, "ids")?).map_err(to_py_err)?;
         Ok(logq.into_pyarray(py))
     }
 }
@@ -149,8 +135,7 @@ impl PyBatchLoader {
         );
         let (sessions, train_counts) = py
             .detach(|| {
-                let sessions =
-                    Sessions::new(o.to_vec(), i.to_vec(), s.to_vec(), t.to_vec(), vocab_size)?;
+                let sessions = Sessions::new(o.to_vec(), i.to_vec(), s.to_vec(), t.to_vec(), vocab_size)?;
                 let counts = sessions.train_item_counts(vocab_size)?;
                 Ok((sessions, counts))
             })
@@ -162,24 +147,12 @@ impl PyBatchLoader {
             None => &train_counts,
         };
         let sampler = build_sampler(vocab_size, distribution, alpha, Some(counts), seed)?;
-        let config = LoaderConfig {
-            batch_size,
-            seq_len,
-            n_negatives,
-            seed,
-            rank,
-            world_size,
-            shuffle,
-            drop_last,
-            prefetch,
-        };
+        let config =
+            LoaderConfig { batch_size, seq_len, n_negatives, seed, rank, world_size, shuffle, drop_last, prefetch };
         let inner = BatchLoader::new(sessions, sampler, config).map_err(to_py_err)?;
         let train_item_counts = train_counts.into_pyarray(py);
         train_item_counts.call_method1("setflags", (false,))?;
-        Ok(PyBatchLoader {
-            inner,
-            train_item_counts: train_item_counts.unbind(),
-        })
+        Ok(PyBatchLoader { inner, train_item_counts: train_item_counts.unbind() })
     }
 
     /// Plays of each id among the training plays (before `train_end`), uint64
@@ -225,12 +198,8 @@ fn to_numpy(py: Python<'_>, b: Batch) -> PyResult<PyBatch<'_>> {
     let shape = (b.rows, b.seq_len);
     let shape_err = |e: numpy::ndarray::ShapeError| PyValueError::new_err(e.to_string());
     Ok((
-        Array2::from_shape_vec(shape, b.items)
-            .map_err(shape_err)?
-            .into_pyarray(py),
-        Array2::from_shape_vec(shape, b.skips)
-            .map_err(shape_err)?
-            .into_pyarray(py),
+        Array2::from_shape_vec(shape, b.items).map_err(shape_err)?.into_pyarray(py),
+        Array2::from_shape_vec(shape, b.skips).map_err(shape_err)?.into_pyarray(py),
         b.negatives.into_pyarray(py),
         b.neg_logq.into_pyarray(py),
         b.sessions.into_pyarray(py),

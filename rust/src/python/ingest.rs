@@ -51,9 +51,7 @@ fn signal(
     if play_time_column.is_some() != duration_column.is_some() {
         return Err(PyValueError::new_err("play_time_column and duration_column go together"));
     }
-    let needs = |name: &str| {
-        threshold.ok_or_else(|| PyValueError::new_err(format!("{name} needs a threshold")))
-    };
+    let needs = |name: &str| threshold.ok_or_else(|| PyValueError::new_err(format!("{name} needs a threshold")));
     Ok(match (skip_column, ratio_column, play_time_column, duration_column, rating_column) {
         (Some(c), ..) => Signal::Bool(c),
         (_, Some(column), ..) => Signal::Ratio { column, threshold: needs("ratio_column")? },

@@ -42,8 +42,7 @@ fn generate_mssd(
         seed,
         n_threads,
     };
-    py.detach(|| synth::generate_mssd(&path, &config))
-        .map_err(to_py_err)
+    py.detach(|| synth::generate_mssd(&path, &config)).map_err(to_py_err)
 }
 
 /// Track ids of items 0..n_items as the generator writes them (item i has taste i % n_tastes).

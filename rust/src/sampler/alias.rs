@@ -36,8 +36,7 @@ impl<P: Copy> AliasTable<P> {
         let mut scaled: Vec<f64> = weights.iter().map(|w| w * n as f64 / total).collect();
         let mut threshold = vec![u32::MAX; n];
         let mut alias: Vec<u32> = (0..n as u32).collect();
-        let (mut small, mut large): (Vec<u32>, Vec<u32>) =
-            (0..n as u32).partition(|&i| scaled[i as usize] < 1.0);
+        let (mut small, mut large): (Vec<u32>, Vec<u32>) = (0..n as u32).partition(|&i| scaled[i as usize] < 1.0);
         while let (Some(&s), Some(&l)) = (small.last(), large.last()) {
             small.pop();
             threshold[s as usize] = to_threshold(scaled[s as usize]);
@@ -60,19 +59,13 @@ impl<P: Copy> AliasTable<P> {
                 alias[i as usize] = positive;
             }
         }
-        let columns = threshold
-            .into_iter()
-            .zip(alias)
-            .enumerate()
-            .map(|(i, (threshold, alias))| Column {
-                threshold,
-                alias,
-                own: payload(i),
-                of_alias: payload(alias as usize),
-            });
-        AliasTable {
-            columns: columns.collect(),
-        }
+        let columns = threshold.into_iter().zip(alias).enumerate().map(|(i, (threshold, alias))| Column {
+            threshold,
+            alias,
+            own: payload(i),
+            of_alias: payload(alias as usize),
+        });
+        AliasTable { columns: columns.collect() }
     }
 
     /// The column a 64-bit word picks: a multiply-shift of the whole word (bias <= n / 2^64).
@@ -131,10 +124,7 @@ mod tests {
             if w == 0.0 {
                 assert_eq!(counts[i], 0, "zero-weight column {i} was drawn");
             } else {
-                assert!(
-                    (freq - expected).abs() < 0.01,
-                    "column {i}: {freq} vs {expected}"
-                );
+                assert!((freq - expected).abs() < 0.01, "column {i}: {freq} vs {expected}");
             }
         }
     }

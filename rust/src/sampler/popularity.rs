@@ -30,25 +30,16 @@ impl CountClasses {
     /// Classes of the positive `counts`; `weight(count)` and `logq(count)` give a class's
     /// per-item weight and normalised log-probability. Needs at least one positive count.
     pub fn new(counts: &[u64], weight: impl Fn(u64) -> f64, logq: impl Fn(u64) -> f32) -> Self {
-        let mut members: Vec<u32> = (0..counts.len() as u32)
-            .filter(|&i| counts[i as usize] > 0)
-            .collect();
+        let mut members: Vec<u32> = (0..counts.len() as u32).filter(|&i| counts[i as usize] > 0).collect();
         members.sort_unstable_by_key(|&i| (counts[i as usize], i));
         let (mut classes, mut weights, mut start) = (Vec::new(), Vec::new(), 0);
         for run in members.chunk_by(|&a, &b| counts[a as usize] == counts[b as usize]) {
             let count = counts[run[0] as usize];
-            classes.push(Class {
-                start,
-                len: run.len() as u32,
-                logq: logq(count),
-            });
+            classes.push(Class { start, len: run.len() as u32, logq: logq(count) });
             weights.push(weight(count) * run.len() as f64);
             start += run.len() as u32;
         }
-        CountClasses {
-            classes: AliasTable::with_payload(&weights, |c| classes[c]),
-            members,
-        }
+        CountClasses { classes: AliasTable::with_payload(&weights, |c| classes[c]), members }
     }
 
     /// Fills `ids` (indices into the counts) and `logq` (same length, at most

@@ -12,9 +12,7 @@ pub fn mix64(mut z: u64) -> u64 {
 
 /// Hashes a sequence of words into one 64-bit key (order matters).
 pub fn hash_key(words: &[u64]) -> u64 {
-    words
-        .iter()
-        .fold(0x6A09_E667_F3BC_C909, |h, &w| mix64(h ^ mix64(w)))
+    words.iter().fold(0x6A09_E667_F3BC_C909, |h, &w| mix64(h ^ mix64(w)))
 }
 
 /// xoshiro256++ (Blackman & Vigna), seeded from a 64-bit key by splitmix64.
