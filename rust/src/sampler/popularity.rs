@@ -5,6 +5,10 @@
 //! the distinct counts, small enough to stay in cache, picks a count class, and a uniform
 //! pick among that class's members picks the item: one cache miss per draw (the member),
 //! whose load is started early by a prefetch, instead of a miss into a per-item table.
+//!
+//! Play counts summing to `P` take at most `sqrt(2P)` distinct values (1 + 2 + ... + k <= P),
+//! e.g. about 14k for 100M plays. Arbitrary counts may all differ: the draws stay exact,
+//! the table is then just as large as a per-item one.
 
 use super::alias::AliasTable;
 use super::rng::Rng;
