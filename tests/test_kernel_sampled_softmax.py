@@ -196,7 +196,7 @@ def test_torch_compile_runs_the_kernel_eagerly_inside_a_compiled_graph():
 
 def test_bad_arguments_are_rejected_with_clear_messages():
     query, weight, targets, negatives = torch.randn(4, 6), torch.randn(20, 6), torch.tensor([2, 3, 4, 5]), torch.tensor([7])
-    with pytest.raises(ValueError, match="backend must be one of"):
+    with pytest.raises(ValueError, match="backend must be 'auto', 'triton' or 'torch', got 'cuda'"):
         sampled_softmax(query, weight, targets, negatives, backend="cuda")
     with pytest.raises(ValueError, match="temperature must be > 0, got 0"):
         fused_sampled_softmax_loss(query, weight, targets, negatives, temperature=0)

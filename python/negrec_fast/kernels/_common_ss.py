@@ -1,4 +1,5 @@
-"""Launch settings shared by the fused softmax kernels (sampled softmax, linear cross-entropy).
+"""Backend choice and launch settings shared by the fused kernels (sampled softmax, linear
+cross-entropy, skip-InfoNCE).
 
 Everything here depends only on shapes, dtypes, devices and global settings, never on tensor
 values, so the host code stays free of device synchronisation (CUDA-graph and compile safe).
@@ -24,14 +25,14 @@ def kernels_interpreted(kernel: object) -> bool:
 def use_triton(backend: str, tensor: torch.Tensor, kernel: object) -> bool:
     """Resolve ``backend``: ``auto`` picks Triton for CUDA tensors, or on CPU under the interpreter."""
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
     if backend == "torch":
         return False
     runnable = tensor.is_cuda or (tensor.device.type == "cpu" and kernels_interpreted(kernel))
     if backend == "triton" and not runnable:
         raise ValueError(
-            f"backend='triton' needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set "
-            f"before triton is imported; got tensors on {tensor.device}"
+            f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before triton is "
+            f"imported, for CPU tensors), got tensors on {tensor.device}"
         )
     return runnable
 

@@ -30,8 +30,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from triton.runtime.jit import JITFunction
 
+from negrec_fast.kernels._common_ss import kernels_interpreted, use_triton
 from negrec_fast.losses._reduce import reduce_rows
 from negrec_fast.losses.skip_infonce import next_kept_index, skip_infonce_loss
 
@@ -39,7 +39,6 @@ __all__ = ["fused_skip_infonce_loss", "skip_infonce", "triton_available_for"]
 
 _EPS = 1e-8  # as F.normalize
 _REDUCTIONS = ("mean", "sum", "none")
-_BACKENDS = ("auto", "triton", "torch")
 
 
 @triton.jit
@@ -216,15 +215,9 @@ def _bwd_candidate_kernel(
              grad.to(DC.dtype.element_ty), mask=col_ok[:, None] & d_ok[None, :])
 
 
-def _interpreted() -> bool:
-    """Whether the kernels were built for Triton's CPU interpreter (``TRITON_INTERPRET=1`` when
-    triton was first imported; Triton fixes the mode at import and decoration time)."""
-    return not isinstance(_fwd_kernel, JITFunction)
-
-
 def triton_available_for(x: Tensor) -> bool:
     """True when the Triton kernels can run on ``x``'s device (CUDA, or CPU when interpreted)."""
-    return x.is_cuda or (x.device.type == "cpu" and _interpreted())
+    return x.is_cuda or (x.device.type == "cpu" and kernels_interpreted(_fwd_kernel))
 
 
 def _config(length: int, dim: int) -> dict:
@@ -368,9 +361,6 @@ def skip_infonce(
     ``backend``: ``"triton"`` (fused kernel), ``"torch"`` (the reference), or ``"auto"``:
     Triton for CUDA tensors (and CPU tensors under ``TRITON_INTERPRET=1``), else the reference.
     """
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
-    use_triton = backend == "triton" or (backend == "auto" and triton_available_for(anchors))
-    fn = fused_skip_infonce_loss if use_triton else skip_infonce_loss
+    fn = fused_skip_infonce_loss if use_triton(backend, anchors, _fwd_kernel) else skip_infonce_loss
     return fn(anchors, items, skips, candidates=candidates, temperature=temperature,
               pad_index=pad_index, reduction=reduction)
