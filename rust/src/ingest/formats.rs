@@ -138,17 +138,22 @@ pub(crate) enum TableSignal {
     Rating(usize, f64),
 }
 
+/// Column positions of an MSSD file: `n` columns; the skip label is column `skip`, negated
+/// for the `not_skipped` rule.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MssdColumns {
+    pub n: usize,
+    pub session: usize,
+    pub position: usize,
+    pub track: usize,
+    pub skip: usize,
+    pub negate: bool,
+}
+
 /// A row parser for one file, with the column positions resolved from its header.
 #[derive(Debug, Clone)]
 pub(crate) enum Parser {
-    Mssd {
-        n: usize,
-        session: usize,
-        position: usize,
-        track: usize,
-        skip: usize,
-        negate: bool,
-    },
+    Mssd(MssdColumns),
     Lfm1k,
     Lfm2b,
     Table {
@@ -215,14 +220,14 @@ impl Format {
         match self {
             Format::Mssd(rule) => {
                 let names = header_names(first_line, b',', false);
-                let parser = Parser::Mssd {
+                let parser = Parser::Mssd(MssdColumns {
                     n: names.len(),
                     session: find(file, &names, "session_id")?,
                     position: find(file, &names, "session_position")?,
                     track: find(file, &names, "track_id_clean")?,
                     skip: find(file, &names, rule.column())?,
                     negate: *rule == SkipRule::NotSkipped,
-                };
+                });
                 Ok((parser, true))
             }
             Format::Lfm1k => Ok((Parser::Lfm1k, false)),
@@ -313,7 +318,7 @@ fn empty_field(column: usize, what: &str) -> FieldError {
 impl Parser {
     pub fn delimiter(&self) -> u8 {
         match self {
-            Parser::Mssd { .. } => b',',
+            Parser::Mssd(_) => b',',
             Parser::Lfm1k | Parser::Lfm2b => b'\t',
             Parser::Table { delimiter, .. } => *delimiter,
         }
@@ -322,7 +327,7 @@ impl Parser {
     /// Fields a row must be split into (the rest are only counted).
     pub fn needed_fields(&self) -> usize {
         match *self {
-            Parser::Mssd { session, position, track, skip, .. } => session.max(position).max(track).max(skip) + 1,
+            Parser::Mssd(m) => m.session.max(m.position).max(m.track).max(m.skip) + 1,
             Parser::Lfm1k => 6,
             Parser::Lfm2b => 3,
             Parser::Table { n, .. } => n,
@@ -332,7 +337,7 @@ impl Parser {
     /// The field that is a row's item key whenever it is not quoted, if the format has one.
     pub fn item_field(&self) -> Option<usize> {
         match *self {
-            Parser::Mssd { track, .. } => Some(track),
+            Parser::Mssd(m) => Some(m.track),
             Parser::Lfm1k => None,
             Parser::Lfm2b => Some(1),
             Parser::Table { item, .. } => Some(item),
@@ -341,7 +346,7 @@ impl Parser {
 
     pub fn layout(&self) -> Layout {
         match self {
-            Parser::Mssd { .. } => {
+            Parser::Mssd(_) => {
                 Layout { consecutive: true, timestamps: false, gap_cut: false, ordered: true, has_signal: true }
             }
             Parser::Lfm1k | Parser::Lfm2b => {
@@ -362,7 +367,7 @@ impl Parser {
 
     pub fn row<'a>(&self, f: &Fields<'a, '_>) -> Result<Row<'a>, FieldError> {
         match self {
-            &Parser::Mssd { n, session, position, track, skip, negate } => {
+            &Parser::Mssd(MssdColumns { n, session, position, track, skip, negate }) => {
                 f.expect_count(n, b',')?;
                 let order = fields::integer(f.raw(position), position + 1, "session_position")?;
                 let flag = fields::strict_bool(f.raw(skip), skip + 1)?;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rayon::prelude::*;
 
 use super::fields::{self, FieldError, Fields, Span};
-use super::formats::{Format, Parser};
+use super::formats::{Format, MssdColumns, Parser};
 use super::intern::{self, same, Interner};
 use super::scan::{self, Marks};
 use crate::error::{Error, Location, Result};
@@ -107,16 +107,18 @@ impl<'a, 'p> ChunkParser<'a, 'p> {
     /// Handles one line; returns false to stop (first error when not skipping bad rows).
     /// `item_hash` is the hash of a field the row's item key may be (reused when it is).
     fn line(&mut self, line_index: u64, spans: &[Span], count: usize, item_hash: Option<(u64, &[u8])>) -> bool {
-        match self.try_line(&Fields { data: self.data, spans, count }, item_hash) {
-            Ok(()) => true,
-            Err(e) => {
-                self.chunk.bad_rows += 1;
-                if self.chunk.error.is_none() {
-                    self.chunk.error = Some((line_index, e));
-                }
-                self.skip_bad
-            }
+        let result = self.try_line(&Fields { data: self.data, spans, count }, item_hash);
+        self.outcome(line_index, result)
+    }
+
+    /// Counts a bad row (keeping the first error); returns false to stop.
+    fn outcome(&mut self, line_index: u64, result: std::result::Result<(), FieldError>) -> bool {
+        let Err(e) = result else { return true };
+        self.chunk.bad_rows += 1;
+        if self.chunk.error.is_none() {
+            self.chunk.error = Some((line_index, e));
         }
+        self.skip_bad
     }
 
     fn try_line(
@@ -204,27 +206,9 @@ impl<'a, 'p> ChunkParser<'a, 'p> {
             return None;
         }
         self.chunk.rows += 1;
-        Some(match self.push(group, m.session + 1, item, m.track + 1, item_hash, flag != m.negate, order) {
-            Ok(()) => true,
-            Err(e) => {
-                self.chunk.bad_rows += 1;
-                if self.chunk.error.is_none() {
-                    self.chunk.error = Some((line_index, e));
-                }
-                self.skip_bad
-            }
-        })
+        let result = self.push(group, m.session + 1, item, m.track + 1, item_hash, flag != m.negate, order);
+        Some(self.outcome(line_index, result))
     }
-}
-
-/// Column positions of an MSSD file (see `Parser::Mssd`).
-struct MssdColumns {
-    n: usize,
-    session: usize,
-    position: usize,
-    track: usize,
-    skip: usize,
-    negate: bool,
 }
 
 fn trim_cr(data: &[u8], end: usize, start: usize) -> usize {
@@ -339,9 +323,7 @@ fn scan_lines(p: &mut ChunkParser, report: &mut impl FnMut(usize), kernel: impl 
     let needed = p.parser.needed_fields().max(1);
     let item_field = p.parser.item_field().filter(|&f| f < needed);
     let mssd = match *p.parser {
-        Parser::Mssd { n, session, position, track, skip, negate } => {
-            Some(MssdColumns { n, session, position, track, skip, negate })
-        }
+        Parser::Mssd(columns) => Some(columns),
         _ => None,
     };
     let mut marks = Marks::new(data, p.parser.delimiter(), kernel);
