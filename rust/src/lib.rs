@@ -6,6 +6,7 @@
 //! into `negrec_fast._core`.
 
 pub mod error;
+mod hint;
 
 // Ingest: raw logs -> labelled, encoded sessions.
 pub mod ingest;

@@ -4,6 +4,7 @@
 //! and the merge of chunk vocabularies reuses the hashes the chunks computed.
 
 use super::source::Arena;
+use crate::hint::prefetch;
 
 const HASHER: ahash::RandomState = ahash::RandomState::with_seeds(
     0x243f_6a88_85a3_08d3,
@@ -46,16 +47,6 @@ pub(crate) struct Table {
     /// `[0, _]` = empty, else `[(hash >> 32) << 32 | (id + 1), payload]`.
     slots: Vec<[u64; 2]>,
     len: usize,
-}
-
-/// Asks the CPU to bring the cache line at `p` in (no effect where unsupported).
-#[inline(always)]
-fn prefetch<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint; it never faults, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0)
-    }
 }
 
 /// Where a missing key goes: its hash and free slot.

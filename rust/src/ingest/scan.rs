@@ -1,6 +1,8 @@
 //! Structural scan of unquoted text: bit masks of the delimiter, newline and quote bytes, 64
-//! bytes at a time (SSE2 compares on x86-64), walked with bit tricks instead of byte-by-byte
+//! bytes at a time (SSE2 compares on x86-64, AVX-512BW where the CPU has it), walked with bit tricks instead of byte-by-byte
 //! searches. A quote anywhere sends the text to the quote-aware splitter.
+
+use crate::hint::prefetch;
 
 /// How far ahead of the scan the input is requested from memory (the hardware prefetcher
 /// stops at page boundaries).
@@ -113,14 +115,7 @@ impl<'a, K: Kernel> Marks<'a, K> {
     #[inline(always)]
     fn load(&mut self) {
         let rest = &self.data[self.base.min(self.data.len())..];
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: a prefetch is a hint; it never faults, whatever the address.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch(
-                rest.as_ptr().wrapping_add(PREFETCH_AHEAD) as *const i8,
-                std::arch::x86_64::_MM_HINT_T0,
-            )
-        }
+        prefetch(rest.as_ptr().wrapping_add(PREFETCH_AHEAD));
         let (d, n, q) = if rest.len() >= 64 {
             self.kernel.masks(rest[..64].try_into().expect("64 bytes"), self.delimiter)
         } else {

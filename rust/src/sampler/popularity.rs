@@ -12,6 +12,7 @@
 
 use super::alias::AliasTable;
 use super::rng::Rng;
+use crate::hint::prefetch;
 
 /// The most draws one [`CountClasses::draw_many`] call makes.
 pub const DRAW_BATCH: usize = 64;
@@ -64,19 +65,6 @@ impl CountClasses {
             *id = self.members[slot as usize];
         }
     }
-}
-
-/// Asks the CPU to start loading `value`'s cache line (a hint; a no-op off x86-64).
-#[inline(always)]
-fn prefetch<T>(value: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetching is a hint that never faults, and the pointer is valid anyway.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch(value as *const T as *const i8, _MM_HINT_T0);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
 }
 
 #[cfg(test)]
