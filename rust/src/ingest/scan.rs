@@ -1,6 +1,7 @@
 //! Structural scan of unquoted text: bit masks of the delimiter, newline and quote bytes, 64
-//! bytes at a time (SSE2 compares on x86-64, AVX-512BW where the CPU has it), walked with bit tricks instead of byte-by-byte
-//! searches. A quote anywhere sends the text to the quote-aware splitter.
+//! bytes at a time (SSE2 compares on x86-64, AVX-512BW where the CPU has it), walked with bit
+//! tricks instead of byte-by-byte searches. A quote anywhere sends the text to the quote-aware
+//! splitter.
 
 use crate::hint::prefetch;
 
