@@ -42,6 +42,64 @@ _REDUCTIONS = ("mean", "sum", "none")
 
 
 @triton.jit
+def _load_tile(ptr, b, offs, ok, offs_d, d_ok, stride_b, stride_l, EPS: tl.constexpr, F32_DOT: tl.constexpr):
+    """Positions ``offs`` of session ``b`` as a ``[len(offs), BLOCK_D]`` tile (fp32 when F32_DOT),
+    its fp32 copy, each row's norm and the reciprocal of the norm floored at EPS (F.normalize)."""
+    x = tl.load(ptr + b * stride_b + offs[:, None] * stride_l + offs_d[None, :],
+                mask=ok[:, None] & d_ok[None, :], other=0.0)
+    if F32_DOT:
+        x = x.to(tl.float32)
+    xf = x.to(tl.float32)
+    norm = tl.sqrt(tl.sum(xf * xf, axis=1))
+    return x, xf, norm, 1.0 / tl.maximum(norm, EPS)
+
+
+@triton.jit
+def _dot(x, y, F32_DOT: tl.constexpr):
+    """``x @ y``: IEEE fp32 when F32_DOT, else in the inputs' precision (fp32 accumulation)."""
+    if F32_DOT:
+        out = tl.dot(x, y, input_precision="ieee")
+    else:
+        out = tl.dot(x, y)
+    return out
+
+
+@triton.jit
+def _columns(ITEMS, SKIP, b, L, offs_j, col_ok):
+    """Skip flags and items of positions ``offs_j`` (the candidate side)."""
+    skip_j = tl.load(SKIP + b * L + offs_j, mask=col_ok, other=0) != 0
+    item_j = tl.load(ITEMS + b * L + offs_j, mask=col_ok, other=0)
+    return skip_j, item_j
+
+
+@triton.jit
+def _pairs(offs_j, pos, pos_item, anchor, skip_j, item_j):
+    """``[I, J]`` masks: ``j`` is row ``i``'s positive; ``j`` is one of its negatives (a skipped
+    play of another item than the positive, for anchor rows only)."""
+    is_pos = offs_j[None, :] == pos[:, None]
+    is_neg = (skip_j[None, :] & (item_j[None, :] != pos_item[:, None])) & anchor[:, None]
+    return is_pos, is_neg
+
+
+@triton.jit
+def _anchor_rows(ITEMS, POS, LSE, LIVE, GROW, b, L, offs_i, row_ok):
+    """Backward state of positions ``offs_i``: anchor flag, positive index and item, LSE, grad."""
+    anchor = tl.load(LIVE + b * L + offs_i, mask=row_ok, other=0) != 0
+    pos = tl.load(POS + b * L + offs_i, mask=anchor, other=-1)
+    pos_item = tl.load(ITEMS + b * L + pos, mask=anchor, other=0)
+    lse = tl.load(LSE + b * L + offs_i, mask=row_ok, other=0.0)
+    g = tl.load(GROW + b * L + offs_i, mask=anchor, other=0.0)
+    return anchor, pos, pos_item, lse, g
+
+
+@triton.jit
+def _score_grad(s, lse, g, is_pos, is_neg):
+    """``dLoss/ds`` of the ``[I, J]`` scores: ``g (softmax - [j is the positive])`` on candidates."""
+    p = tl.where(is_pos | is_neg, tl.exp(s - lse[:, None]), 0.0)
+    return g[:, None] * (p - is_pos.to(tl.float32))
+
+
+@triton.jit
 def _fwd_kernel(
     A, C, ITEMS, SKIP, POS, LOSS, LSE, LIVE,
     L, D, stride_ab, stride_al, stride_cb, stride_cl, inv_temp,
@@ -53,12 +111,7 @@ def _fwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_i < L
     d_ok = offs_d < D
-    a = tl.load(A + b * stride_ab + offs_i[:, None] * stride_al + offs_d[None, :],
-                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-    if F32_DOT:
-        a = a.to(tl.float32)
-    af = a.to(tl.float32)
-    ra = 1.0 / tl.maximum(tl.sqrt(tl.sum(af * af, axis=1)), EPS)
+    a, _, _, ra = _load_tile(A, b, offs_i, row_ok, offs_d, d_ok, stride_ab, stride_al, EPS, F32_DOT)
     pos = tl.load(POS + b * L + offs_i, mask=row_ok, other=-1)
     anchor = pos >= 0
     pos_item = tl.load(ITEMS + b * L + pos, mask=anchor, other=0)
@@ -70,20 +123,10 @@ def _fwd_kernel(
     for j0 in range(0, L, BLOCK_J):
         offs_j = j0 + tl.arange(0, BLOCK_J)
         col_ok = offs_j < L
-        c = tl.load(C + b * stride_cb + offs_j[:, None] * stride_cl + offs_d[None, :],
-                    mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-        if F32_DOT:
-            c = c.to(tl.float32)
-            dots = tl.dot(a, tl.trans(c), input_precision="ieee")
-        else:
-            dots = tl.dot(a, tl.trans(c))
-        cf = c.to(tl.float32)
-        rc = 1.0 / tl.maximum(tl.sqrt(tl.sum(cf * cf, axis=1)), EPS)
-        s = dots * ra[:, None] * rc[None, :] * inv_temp
-        skip_j = tl.load(SKIP + b * L + offs_j, mask=col_ok, other=0) != 0
-        item_j = tl.load(ITEMS + b * L + offs_j, mask=col_ok, other=0)
-        is_pos = offs_j[None, :] == pos[:, None]
-        is_neg = (skip_j[None, :] & (item_j[None, :] != pos_item[:, None])) & anchor[:, None]
+        c, _, _, rc = _load_tile(C, b, offs_j, col_ok, offs_d, d_ok, stride_cb, stride_cl, EPS, F32_DOT)
+        s = _dot(a, tl.trans(c), F32_DOT) * ra[:, None] * rc[None, :] * inv_temp
+        skip_j, item_j = _columns(ITEMS, SKIP, b, L, offs_j, col_ok)
+        is_pos, is_neg = _pairs(offs_j, pos, pos_item, anchor, skip_j, item_j)
         s_pos += tl.sum(tl.where(is_pos, s, 0.0), axis=1)
         n_neg += tl.sum(is_neg.to(tl.int32), axis=1)
         sm = tl.where(is_pos | is_neg, s, float("-inf"))
@@ -111,46 +154,21 @@ def _bwd_anchor_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_i < L
     d_ok = offs_d < D
-    a = tl.load(A + b * stride_ab + offs_i[:, None] * stride_al + offs_d[None, :],
-                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-    if F32_DOT:
-        a = a.to(tl.float32)
-    af = a.to(tl.float32)
-    norm_a = tl.sqrt(tl.sum(af * af, axis=1))
-    ra = 1.0 / tl.maximum(norm_a, EPS)
-    anchor = tl.load(LIVE + b * L + offs_i, mask=row_ok, other=0) != 0
-    pos = tl.load(POS + b * L + offs_i, mask=anchor, other=-1)
-    pos_item = tl.load(ITEMS + b * L + pos, mask=anchor, other=0)
-    lse = tl.load(LSE + b * L + offs_i, mask=row_ok, other=0.0)
-    g = tl.load(GROW + b * L + offs_i, mask=anchor, other=0.0)
+    a, af, norm_a, ra = _load_tile(A, b, offs_i, row_ok, offs_d, d_ok, stride_ab, stride_al, EPS, F32_DOT)
+    anchor, pos, pos_item, lse, g = _anchor_rows(ITEMS, POS, LSE, LIVE, GROW, b, L, offs_i, row_ok)
 
     grad = tl.zeros([BLOCK_I, BLOCK_D], tl.float32)
     gs = tl.zeros([BLOCK_I], tl.float32)
     for j0 in range(0, L, BLOCK_J):
         offs_j = j0 + tl.arange(0, BLOCK_J)
         col_ok = offs_j < L
-        c = tl.load(C + b * stride_cb + offs_j[:, None] * stride_cl + offs_d[None, :],
-                    mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-        if F32_DOT:
-            c = c.to(tl.float32)
-            dots = tl.dot(a, tl.trans(c), input_precision="ieee")
-        else:
-            dots = tl.dot(a, tl.trans(c))
-        cf = c.to(tl.float32)
-        rc = 1.0 / tl.maximum(tl.sqrt(tl.sum(cf * cf, axis=1)), EPS)
-        s = dots * ra[:, None] * rc[None, :] * inv_temp
-        skip_j = tl.load(SKIP + b * L + offs_j, mask=col_ok, other=0) != 0
-        item_j = tl.load(ITEMS + b * L + offs_j, mask=col_ok, other=0)
-        is_pos = offs_j[None, :] == pos[:, None]
-        is_neg = (skip_j[None, :] & (item_j[None, :] != pos_item[:, None])) & anchor[:, None]
-        p = tl.where(is_pos | is_neg, tl.exp(s - lse[:, None]), 0.0)
-        gmat = g[:, None] * (p - is_pos.to(tl.float32))
+        c, _, _, rc = _load_tile(C, b, offs_j, col_ok, offs_d, d_ok, stride_cb, stride_cl, EPS, F32_DOT)
+        s = _dot(a, tl.trans(c), F32_DOT) * ra[:, None] * rc[None, :] * inv_temp
+        skip_j, item_j = _columns(ITEMS, SKIP, b, L, offs_j, col_ok)
+        is_pos, is_neg = _pairs(offs_j, pos, pos_item, anchor, skip_j, item_j)
+        gmat = _score_grad(s, lse, g, is_pos, is_neg)
         gs += tl.sum(gmat * s, axis=1)
-        w = gmat * rc[None, :]
-        if F32_DOT:
-            grad += tl.dot(w, c, input_precision="ieee")
-        else:
-            grad += tl.dot(w.to(c.dtype), c)
+        grad += _dot((gmat * rc[None, :]).to(c.dtype), c, F32_DOT)
     through_norm = tl.where(norm_a >= EPS, ra * ra * gs, 0.0)
     grad = grad * (ra * inv_temp)[:, None] - through_norm[:, None] * af
     tl.store(DA + b * stride_gb + offs_i[:, None] * stride_gl + offs_d[None, :],
@@ -169,46 +187,21 @@ def _bwd_candidate_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     col_ok = offs_j < L
     d_ok = offs_d < D
-    c = tl.load(C + b * stride_cb + offs_j[:, None] * stride_cl + offs_d[None, :],
-                mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-    if F32_DOT:
-        c = c.to(tl.float32)
-    cf = c.to(tl.float32)
-    norm_c = tl.sqrt(tl.sum(cf * cf, axis=1))
-    rc = 1.0 / tl.maximum(norm_c, EPS)
-    skip_j = tl.load(SKIP + b * L + offs_j, mask=col_ok, other=0) != 0
-    item_j = tl.load(ITEMS + b * L + offs_j, mask=col_ok, other=0)
+    c, cf, norm_c, rc = _load_tile(C, b, offs_j, col_ok, offs_d, d_ok, stride_cb, stride_cl, EPS, F32_DOT)
+    skip_j, item_j = _columns(ITEMS, SKIP, b, L, offs_j, col_ok)
 
     grad = tl.zeros([BLOCK_J, BLOCK_D], tl.float32)
     gs = tl.zeros([BLOCK_J], tl.float32)
     for i0 in range(0, L, BLOCK_I):
         offs_i = i0 + tl.arange(0, BLOCK_I)
         row_ok = offs_i < L
-        a = tl.load(A + b * stride_ab + offs_i[:, None] * stride_al + offs_d[None, :],
-                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        if F32_DOT:
-            a = a.to(tl.float32)
-            dots = tl.dot(a, tl.trans(c), input_precision="ieee")
-        else:
-            dots = tl.dot(a, tl.trans(c))
-        af = a.to(tl.float32)
-        ra = 1.0 / tl.maximum(tl.sqrt(tl.sum(af * af, axis=1)), EPS)
-        anchor = tl.load(LIVE + b * L + offs_i, mask=row_ok, other=0) != 0
-        pos = tl.load(POS + b * L + offs_i, mask=anchor, other=-1)
-        pos_item = tl.load(ITEMS + b * L + pos, mask=anchor, other=0)
-        lse = tl.load(LSE + b * L + offs_i, mask=row_ok, other=0.0)
-        g = tl.load(GROW + b * L + offs_i, mask=anchor, other=0.0)
-        s = dots * ra[:, None] * rc[None, :] * inv_temp
-        is_pos = offs_j[None, :] == pos[:, None]
-        is_neg = (skip_j[None, :] & (item_j[None, :] != pos_item[:, None])) & anchor[:, None]
-        p = tl.where(is_pos | is_neg, tl.exp(s - lse[:, None]), 0.0)
-        gmat = g[:, None] * (p - is_pos.to(tl.float32))
+        a, _, _, ra = _load_tile(A, b, offs_i, row_ok, offs_d, d_ok, stride_ab, stride_al, EPS, F32_DOT)
+        anchor, pos, pos_item, lse, g = _anchor_rows(ITEMS, POS, LSE, LIVE, GROW, b, L, offs_i, row_ok)
+        s = _dot(a, tl.trans(c), F32_DOT) * ra[:, None] * rc[None, :] * inv_temp
+        is_pos, is_neg = _pairs(offs_j, pos, pos_item, anchor, skip_j, item_j)
+        gmat = _score_grad(s, lse, g, is_pos, is_neg)
         gs += tl.sum(gmat * s, axis=0)
-        w = tl.trans(gmat * ra[:, None])
-        if F32_DOT:
-            grad += tl.dot(w, a, input_precision="ieee")
-        else:
-            grad += tl.dot(w.to(a.dtype), a)
+        grad += _dot(tl.trans(gmat * ra[:, None]).to(a.dtype), a, F32_DOT)
     through_norm = tl.where(norm_c >= EPS, rc * rc * gs, 0.0)
     grad = grad * (rc * inv_temp)[:, None] - through_norm[:, None] * cf
     tl.store(DC + b * stride_gb + offs_j[:, None] * stride_gl + offs_d[None, :],
