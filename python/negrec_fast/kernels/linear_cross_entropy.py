@@ -52,6 +52,23 @@ def _masked_logits(q, w, vocab, V, n_reserved, inv_t, ACC: tl.constexpr, PREC: t
 
 
 @triton.jit
+def _row_grads(tgt_ptr, lse_ptr, g_ptr, rows, N, ignore_index, inv_t):
+    """Targets, LSE and upstream gradient (times 1/T; 0 on padding rows) of rows ``rows``."""
+    row_ok = rows < N
+    tgt = tl.load(tgt_ptr + rows, mask=row_ok, other=ignore_index)
+    lse = tl.load(lse_ptr + rows, mask=row_ok, other=float("inf"))
+    g = tl.load(g_ptr + rows, mask=row_ok, other=0.0) * inv_t
+    return tgt, lse, g
+
+
+@triton.jit
+def _logit_grad(logits, vocab, tgt, lse, g, ACC: tl.constexpr):
+    """``dLoss/dlogits`` of a ``[BLOCK_M, BLOCK_N]`` tile: ``g (softmax - onehot(target))``."""
+    hit = (vocab[None, :] == tgt[:, None]).to(ACC)
+    return g[:, None] * (tl.exp(logits - lse[:, None]) - hit)
+
+
+@triton.jit
 def _fwd_kernel(
     q_ptr, w_ptr, tgt_ptr, inv_t_ptr, max_ptr, sum_ptr, pos_ptr,
     N, V, D, n_reserved, ignore_index, blocks_per_split,
@@ -102,10 +119,8 @@ def _bwd_dq_kernel(
     row_ok = rows < N
     dims = tl.arange(0, BLOCK_D)
     q = _tile(q_ptr, rows, dims, N, D, stride_qn, stride_qd)
-    tgt = tl.load(tgt_ptr + rows, mask=row_ok, other=ignore_index)
     inv_t = tl.load(inv_t_ptr)
-    lse = tl.load(lse_ptr + rows, mask=row_ok, other=float("inf"))
-    g = tl.load(g_ptr + rows, mask=row_ok, other=0.0) * inv_t  # 0 on padding rows
+    tgt, lse, g = _row_grads(tgt_ptr, lse_ptr, g_ptr, rows, N, ignore_index, inv_t)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], ACC)
     start = split * blocks_per_split
@@ -114,8 +129,7 @@ def _bwd_dq_kernel(
         vocab = blk * BLOCK_N + tl.arange(0, BLOCK_N)
         w = _tile(w_ptr, vocab, dims, V, D, stride_wv, stride_wd)
         logits = _masked_logits(q, w, vocab, V, n_reserved, inv_t, ACC, PREC)
-        hit = (vocab[None, :] == tgt[:, None]).to(ACC)
-        ds = g[:, None] * (tl.exp(logits - lse[:, None]) - hit)
+        ds = _logit_grad(logits, vocab, tgt, lse, g, ACC)
         dq = tl.dot(ds.to(w.dtype), w, dq, input_precision=PREC, out_dtype=ACC)
 
     out = split.to(tl.int64) * N * D + rows[:, None].to(tl.int64) * D + dims[None, :]
@@ -142,14 +156,10 @@ def _bwd_dw_kernel(
     stop = tl.minimum(start + blocks_per_split, tl.cdiv(N, BLOCK_M))
     for blk in range(start, stop):
         rows = blk * BLOCK_M + tl.arange(0, BLOCK_M)
-        row_ok = rows < N
         q = _tile(q_ptr, rows, dims, N, D, stride_qn, stride_qd)
-        tgt = tl.load(tgt_ptr + rows, mask=row_ok, other=ignore_index)
-        lse = tl.load(lse_ptr + rows, mask=row_ok, other=float("inf"))
-        g = tl.load(g_ptr + rows, mask=row_ok, other=0.0) * inv_t
+        tgt, lse, g = _row_grads(tgt_ptr, lse_ptr, g_ptr, rows, N, ignore_index, inv_t)
         logits = _masked_logits(q, w, vocab, V, n_reserved, inv_t, ACC, PREC)
-        hit = (vocab[None, :] == tgt[:, None]).to(ACC)
-        ds = g[:, None] * (tl.exp(logits - lse[:, None]) - hit)
+        ds = _logit_grad(logits, vocab, tgt, lse, g, ACC)
         dw = tl.dot(tl.trans(ds.to(q.dtype)), q, dw, input_precision=PREC, out_dtype=ACC)
 
     out = split.to(tl.int64) * V * D + vocab[:, None].to(tl.int64) * D + dims[None, :]
