@@ -97,3 +97,19 @@ def block_sizes(d: int, device: torch.device) -> tuple[int, int, int, int]:
     if block_d <= 256:
         return 64, 32, block_d, 8
     return 32, 32, block_d, 8
+
+
+@triton.jit
+def row_grads(lse_ptr, g_ptr, rows, N, inv_t):
+    """Backward inputs of rows ``rows``: their LSE, and their upstream gradient times 1/T
+    (padding rows carry a zero gradient)."""
+    row_ok = rows < N
+    lse = tl.load(lse_ptr + rows, mask=row_ok, other=float("inf"))
+    g = tl.load(g_ptr + rows, mask=row_ok, other=0.0) * inv_t
+    return lse, g
+
+
+@triton.jit
+def softmax_grad(logits, lse, g, onehot, ACC: tl.constexpr):
+    """``dLoss/dlogits`` of a ``[BLOCK_M, BLOCK_N]`` tile: ``g (softmax - onehot)``."""
+    return g[:, None] * (tl.exp(logits - lse[:, None]) - onehot.to(ACC))

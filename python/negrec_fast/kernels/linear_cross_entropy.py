@@ -24,6 +24,8 @@ from negrec_fast.kernels._common_ss import (
     block_sizes,
     compute_dtype,
     dot_precision,
+    row_grads,
+    softmax_grad,
     split_loop,
     use_triton,
 )
@@ -49,23 +51,6 @@ def _masked_logits(q, w, vocab, V, n_reserved, inv_t, ACC: tl.constexpr, PREC: t
     logits = tl.dot(q, tl.trans(w), input_precision=PREC, out_dtype=ACC) * inv_t
     keep = (vocab >= n_reserved) & (vocab < V)
     return tl.where(keep[None, :], logits, float("-inf"))
-
-
-@triton.jit
-def _row_grads(tgt_ptr, lse_ptr, g_ptr, rows, N, ignore_index, inv_t):
-    """Targets, LSE and upstream gradient (times 1/T; 0 on padding rows) of rows ``rows``."""
-    row_ok = rows < N
-    tgt = tl.load(tgt_ptr + rows, mask=row_ok, other=ignore_index)
-    lse = tl.load(lse_ptr + rows, mask=row_ok, other=float("inf"))
-    g = tl.load(g_ptr + rows, mask=row_ok, other=0.0) * inv_t
-    return tgt, lse, g
-
-
-@triton.jit
-def _logit_grad(logits, vocab, tgt, lse, g, ACC: tl.constexpr):
-    """``dLoss/dlogits`` of a ``[BLOCK_M, BLOCK_N]`` tile: ``g (softmax - onehot(target))``."""
-    hit = (vocab[None, :] == tgt[:, None]).to(ACC)
-    return g[:, None] * (tl.exp(logits - lse[:, None]) - hit)
 
 
 @triton.jit
@@ -120,7 +105,8 @@ def _bwd_dq_kernel(
     dims = tl.arange(0, BLOCK_D)
     q = _tile(q_ptr, rows, dims, N, D, stride_qn, stride_qd)
     inv_t = tl.load(inv_t_ptr)
-    tgt, lse, g = _row_grads(tgt_ptr, lse_ptr, g_ptr, rows, N, ignore_index, inv_t)
+    tgt = tl.load(tgt_ptr + rows, mask=row_ok, other=ignore_index)
+    lse, g = row_grads(lse_ptr, g_ptr, rows, N, inv_t)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], ACC)
     start = split * blocks_per_split
@@ -129,7 +115,7 @@ def _bwd_dq_kernel(
         vocab = blk * BLOCK_N + tl.arange(0, BLOCK_N)
         w = _tile(w_ptr, vocab, dims, V, D, stride_wv, stride_wd)
         logits = _masked_logits(q, w, vocab, V, n_reserved, inv_t, ACC, PREC)
-        ds = _logit_grad(logits, vocab, tgt, lse, g, ACC)
+        ds = softmax_grad(logits, lse, g, vocab[None, :] == tgt[:, None], ACC)
         dq = tl.dot(ds.to(w.dtype), w, dq, input_precision=PREC, out_dtype=ACC)
 
     out = split.to(tl.int64) * N * D + rows[:, None].to(tl.int64) * D + dims[None, :]
@@ -157,9 +143,10 @@ def _bwd_dw_kernel(
     for blk in range(start, stop):
         rows = blk * BLOCK_M + tl.arange(0, BLOCK_M)
         q = _tile(q_ptr, rows, dims, N, D, stride_qn, stride_qd)
-        tgt, lse, g = _row_grads(tgt_ptr, lse_ptr, g_ptr, rows, N, ignore_index, inv_t)
+        tgt = tl.load(tgt_ptr + rows, mask=rows < N, other=ignore_index)
+        lse, g = row_grads(lse_ptr, g_ptr, rows, N, inv_t)
         logits = _masked_logits(q, w, vocab, V, n_reserved, inv_t, ACC, PREC)
-        ds = _logit_grad(logits, vocab, tgt, lse, g, ACC)
+        ds = softmax_grad(logits, lse, g, vocab[None, :] == tgt[:, None], ACC)
         dw = tl.dot(tl.trans(ds.to(q.dtype)), q, dw, input_precision=PREC, out_dtype=ACC)
 
     out = split.to(tl.int64) * V * D + vocab[:, None].to(tl.int64) * D + dims[None, :]

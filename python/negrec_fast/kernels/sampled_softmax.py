@@ -28,6 +28,8 @@ from negrec_fast.kernels._common_ss import (
     block_sizes,
     compute_dtype,
     dot_precision,
+    row_grads,
+    softmax_grad,
     split_loop,
     use_triton,
 )
@@ -134,8 +136,7 @@ def _bwd_dq_kernel(
     row_ok = rows < N
     tgt, q = _row_tile(q_ptr, tgt_ptr, rows, dims, N, D, stride_qn, stride_qd, ignore_index)
     inv_t = tl.load(inv_t_ptr)
-    lse = tl.load(lse_ptr + rows, mask=row_ok, other=float("inf"))
-    g = tl.load(g_ptr + rows, mask=row_ok, other=0.0) * inv_t  # 0 on padding rows
+    lse, g = row_grads(lse_ptr, g_ptr, rows, N, inv_t)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], ACC)
     start = split * blocks_per_split
@@ -146,7 +147,7 @@ def _bwd_dq_kernel(
         logits, diag = _masked_logits(
             q, e, rows, cols, tgt, ids, logq_ptr, inv_t, N, C, ignore_index, HAS_LOGQ, ACC, PREC
         )
-        ds = g[:, None] * (tl.exp(logits - lse[:, None]) - diag.to(ACC))
+        ds = softmax_grad(logits, lse, g, diag, ACC)
         dq = tl.dot(ds.to(e.dtype), e, dq, input_precision=PREC, out_dtype=ACC)
 
     out = split.to(tl.int64) * N * D + rows[:, None].to(tl.int64) * D + dims[None, :]
@@ -173,14 +174,12 @@ def _bwd_de_kernel(
     stop = tl.minimum(start + blocks_per_split, tl.cdiv(N, BLOCK_M))
     for blk in range(start, stop):
         rows = blk * BLOCK_M + tl.arange(0, BLOCK_M)
-        row_ok = rows < N
         tgt, q = _row_tile(q_ptr, tgt_ptr, rows, dims, N, D, stride_qn, stride_qd, ignore_index)
-        lse = tl.load(lse_ptr + rows, mask=row_ok, other=float("inf"))
-        g = tl.load(g_ptr + rows, mask=row_ok, other=0.0) * inv_t
+        lse, g = row_grads(lse_ptr, g_ptr, rows, N, inv_t)
         logits, diag = _masked_logits(
             q, e, rows, cols, tgt, ids, logq_ptr, inv_t, N, C, ignore_index, HAS_LOGQ, ACC, PREC
         )
-        ds = g[:, None] * (tl.exp(logits - lse[:, None]) - diag.to(ACC))
+        ds = softmax_grad(logits, lse, g, diag, ACC)
         de = tl.dot(tl.trans(ds.to(q.dtype)), q, de, input_precision=PREC, out_dtype=ACC)
 
     out = split.to(tl.int64) * C * D + cols[:, None].to(tl.int64) * D + dims[None, :]
