@@ -1,36 +1,24 @@
 """Fused Triton linear + cross-entropy vs the torch reference ``negrec_fast.losses.full_softmax_loss``.
 
-CPU tests run the kernels in Triton's interpreter, which must be chosen before triton is first
-imported. Without CUDA and with triton not yet imported, this module turns it on itself; otherwise
-(GPU machine, or triton imported earlier in compiled mode) the CPU tests are skipped here and run
-by ``test_cpu_tests_in_interpreter_subprocess`` in a child pytest with ``TRITON_INTERPRET=1``.
+CPU cases run in Triton's interpreter (see ``kernel_modes``).
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
+from kernel_modes import interpreter_cases, needs_cuda, run_in_interpreter  # before triton is imported
 
-if "triton" not in sys.modules and not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from negrec_fast.kernels._common_ss import kernels_interpreted, use_triton  # noqa: E402
-from negrec_fast.kernels.linear_cross_entropy import (  # noqa: E402
+from negrec_fast.kernels._common_ss import kernels_interpreted, use_triton
+from negrec_fast.kernels.linear_cross_entropy import (
     _fwd_kernel,
     full_softmax,
     fused_linear_cross_entropy_loss,
 )
-from negrec_fast.losses import full_softmax_loss  # noqa: E402
+from negrec_fast.losses import full_softmax_loss
 
 INTERPRETED = kernels_interpreted(_fwd_kernel)
-interpreter = pytest.mark.skipif(
-    not INTERPRETED, reason="CPU kernel tests run in test_cpu_tests_in_interpreter_subprocess"
-)
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+interpreter = interpreter_cases(INTERPRETED)
 
 
 def tight(temperature=1.0):
@@ -176,10 +164,7 @@ def test_bad_arguments_are_rejected_with_clear_messages():
 
 @pytest.mark.skipif(INTERPRETED, reason="already running under the interpreter")
 def test_cpu_tests_in_interpreter_subprocess():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-m", "not gpu"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    run_in_interpreter(__file__, min_passed=18)
 
 
 # ---------------------------------------------------------------- GPU (realistic shapes)

@@ -1,24 +1,16 @@
 """Triton skip-informed InfoNCE vs the torch reference (values and gradients).
 
-CPU cases run the kernels in Triton's interpreter, which triton fixes when it is first
-imported. So when this process is not interpreting, ``test_interpreter_cases`` re-runs this
-file in a subprocess with ``TRITON_INTERPRET=1`` (the CPU cases skip here and run there).
-GPU cases (``@pytest.mark.gpu``) run natively in this process.
+CPU cases run in Triton's interpreter (see ``kernel_modes``); GPU cases
+(``@pytest.mark.gpu``) run natively.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_modes import interpreter_cases, run_in_interpreter  # before triton is imported
 
-import negrec_fast
 from negrec_fast.kernels.skip_infonce import (
     fused_skip_infonce_loss,
     skip_infonce,
@@ -28,13 +20,7 @@ from negrec_fast.losses import skip_infonce_loss
 from negrec_fast.losses.skip_infonce import next_kept_index
 
 INTERPRETED = triton_available_for(torch.empty(0))
-_EXPECT = "NEGREC_EXPECT_TRITON_INTERPRETER"
-if os.environ.get(_EXPECT) == "1" and not INTERPRETED:
-    raise RuntimeError(f"{_EXPECT}=1 but triton is not interpreting (TRITON_INTERPRET not seen)")
-
-interp = pytest.mark.skipif(
-    not INTERPRETED, reason="CPU kernel cases run in the TRITON_INTERPRET=1 subprocess"
-)
+interp = interpreter_cases(INTERPRETED)
 
 
 def make_batch(b, length, d, *, seed=0, n_items=6, skip_p=0.4, dtype=torch.float32,
@@ -275,19 +261,7 @@ def test_argument_errors():
 @pytest.mark.skipif(INTERPRETED, reason="this process is the interpreter run")
 def test_interpreter_cases():
     """Run this file's CPU kernel cases under TRITON_INTERPRET=1 in a fresh interpreter."""
-    pkg_root = str(Path(negrec_fast.__file__).resolve().parents[1])
-    env = dict(os.environ, TRITON_INTERPRET="1", **{_EXPECT: "1"})
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_root, env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", __file__, "-q", "-m", "not gpu", "-p", "no:cacheprovider",
-         "-W", "ignore::RuntimeWarning"],
-        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
-        timeout=600,
-    )
-    report = proc.stdout[-6000:] + proc.stderr[-2000:]
-    assert proc.returncode == 0, report
-    passed = re.search(r"(\d+) passed", proc.stdout)
-    assert passed and int(passed.group(1)) >= 35, report
+    run_in_interpreter(__file__, min_passed=35)
 
 
 # ---------------------------------------------------------------- GPU (native kernels)
