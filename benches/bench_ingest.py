@@ -118,21 +118,21 @@ def job_pyarrow(path: Path):
 
 def job_pandas(path: Path):
     pd = pytest.importorskip("pandas")
-    df = pd.read_csv(path, usecols=NEEDED)
+    df = pd.read_csv(path, usecols=NEEDED, engine="pyarrow")  # pandas' fastest CSV reader
     items, _ = pd.factorize(df["track_id_clean"])
     sid = df["session_id"].to_numpy()
     return _offsets(sid[1:] != sid[:-1], len(sid)), items, df["skip_2"].to_numpy().astype(np.uint8)
 
 
 def job_polars(path: Path):
-    pl = pytest.importorskip("polars")
+    pl = pytest.importorskip("polars", minversion="1.32")
     df = pl.read_csv(path, columns=NEEDED)
-    track = df.get_column("track_id_clean")
-    items = track.unique(maintain_order=True).to_frame("t").with_row_index("id").join(
-        track.to_frame("t"), on="t", how="right", maintain_order="right").get_column("id").to_numpy()
+    # A categorical with fresh categories numbers strings in order of first appearance (the
+    # fastest encoding polars has: about twice as fast as unique + join).
+    track = df.get_column("track_id_clean").cast(pl.Categorical(pl.Categories.random()))
     sid = df.get_column("session_id")
     change = (sid.slice(1) != sid.slice(0, len(sid) - 1)).to_numpy()
-    return _offsets(change, len(sid)), items, df.get_column("skip_2").cast(pl.UInt8).to_numpy()
+    return _offsets(change, len(sid)), track.to_physical().to_numpy(), df.get_column("skip_2").cast(pl.UInt8).to_numpy()
 
 
 JOBS = {"negrec_fast": job_negrec, "pyarrow": job_pyarrow, "pandas": job_pandas, "polars": job_polars}

@@ -20,6 +20,23 @@ mod synth;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// How long freed pages stay mapped for reuse, in ms: mimalloc's own default is 1 s, so an
+/// ingest or epoch that comes a few seconds after the last one would fault all its pages in
+/// (zeroed) again. 10 s is jemalloc's default dirty-page decay. `MIMALLOC_PURGE_DELAY` in
+/// the environment still wins.
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
+
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+fn configure_allocator() {
+    /// `mi_option_purge_delay` in mimalloc.h (v2 and v3); the Rust bindings name no constant.
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() && std::env::var_os("MIMALLOC_RESET_DELAY").is_none() {
+        // SAFETY: sets one integer option; called once, while the module is being imported.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
+    }
+}
+
 create_exception!(_core, NegrecError, PyException, "Base class of negrec-fast errors.");
 create_exception!(
     _core,
@@ -37,6 +54,8 @@ pub(crate) fn to_py_err(err: Error) -> PyErr {
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    #[cfg(all(target_os = "linux", not(target_env = "musl")))]
+    configure_allocator();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("NegrecError", m.py().get_type::<NegrecError>())?;
     m.add("InputError", m.py().get_type::<InputError>())?;
