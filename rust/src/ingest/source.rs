@@ -196,11 +196,7 @@ impl<'a, 'p> ChunkParser<'a, 'p> {
         }
         let data = self.data;
         let order = fields::parse_i64(spans[m.position].of(data))?;
-        let flag = match spans[m.skip].of(data) {
-            b"True" | b"true" => true,
-            b"False" | b"false" => false,
-            _ => return None,
-        };
+        let flag = fields::strict_bool(spans[m.skip].of(data), m.skip + 1).ok()?;
         let (group, item) = (spans[m.session].of(data), spans[m.track].of(data));
         if group.is_empty() || item.is_empty() {
             return None;
