@@ -93,7 +93,7 @@ def as_read_from_disk(path: Path) -> None:
 
     Pages cached by writing stay in 4 KiB units, while reading from disk caches large units
     (up to 2 MiB on recent Linux), and mapping a file costs per unit: for this 508 MB file,
-    negrec-fast spent 71-74 ms of kernel time per call in the first state and 4-10 ms in the
+    negrec-fast spent 71-74 ms of kernel time per call in the first state and 4-24 ms in the
     second. Real logs are read from disk, so the file is flushed, dropped from the cache and
     read once.
     """
