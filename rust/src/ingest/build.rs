@@ -67,13 +67,13 @@ pub(crate) fn merge(chunks: &[Chunk], keep_order: bool) -> Merged<'_> {
                         continue;
                     }
                     let key = c.item_keys.get(i);
-                    let id = match table.find(h, |id, _| same(keys[id as usize], key)) {
-                        Ok(id) => id,
+                    let id = match table.find(h, |id| same(keys[id as usize], key)) {
+                        Ok(id) => id as u32,
                         Err(at) => {
                             let id = keys.len() as u32;
                             keys.push(key);
                             hashes.push(h);
-                            table.insert(at, id, 0, |j| hashes[j as usize]);
+                            table.insert(at, id as u64, |j| hashes[j as usize]);
                             id
                         }
                     };

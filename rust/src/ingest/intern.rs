@@ -1,9 +1,8 @@
-//! Interning keys to dense ids. [`Table`] is an open-addressing table of (hash tag, id) slots
-//! that leaves the keys to its owner: [`Interner`] keeps them back to back in an [`Arena`], so a
-//! lookup touches one small slot array and compact key bytes instead of pointers into the input,
-//! and the merge of chunk vocabularies reuses the hashes the chunks computed.
+//! Interning keys to dense ids. [`Table`] is an open-addressing table of 8-byte (hash tag, value)
+//! slots that leaves the keys to its owner: [`Interner`] keeps them back to back in [`Keys`]
+//! records, so a lookup touches one small slot array and one compact record instead of pointers
+//! into the input, and the merge of chunk vocabularies reuses the hashes the chunks computed.
 
-use super::source::Arena;
 use crate::hint::prefetch;
 
 const HASHER: ahash::RandomState = ahash::RandomState::with_seeds(
@@ -19,33 +18,36 @@ pub(crate) fn hash(key: &[u8]) -> u64 {
     HASHER.hash_one(key)
 }
 
-/// Byte-string equality for short keys, compared 8 bytes at a time inline (a library call
-/// costs more than the comparison itself).
+/// Byte-string equality for short keys: keys up to 64 bytes are compared as a few overlapping
+/// 8- or 16-byte words, without a loop (a library call costs more than the comparison itself).
 #[inline(always)]
 pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     let n = a.len();
     if n != b.len() {
         return false;
     }
-    if n < 8 {
-        return a.iter().zip(b).all(|(x, y)| x == y);
-    }
-    let word = |s: &[u8], i: usize| u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"));
-    let mut i = 0;
-    while i + 8 < n {
-        if word(a, i) != word(b, i) {
-            return false;
+    let w8 = |s: &[u8], i: usize| u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"));
+    let w16 = |s: &[u8], i: usize| u128::from_le_bytes(s[i..i + 16].try_into().expect("16 bytes"));
+    match n {
+        0..8 => a == b,
+        8..=16 => w8(a, 0) == w8(b, 0) && w8(a, n - 8) == w8(b, n - 8),
+        17..=32 => (w16(a, 0) ^ w16(b, 0)) | (w16(a, n - 16) ^ w16(b, n - 16)) == 0,
+        33..=64 => {
+            let head = (w16(a, 0) ^ w16(b, 0)) | (w16(a, 16) ^ w16(b, 16));
+            let tail = (w16(a, n - 32) ^ w16(b, n - 32)) | (w16(a, n - 16) ^ w16(b, n - 16));
+            head | tail == 0
         }
-        i += 8;
+        _ => a == b,
     }
-    word(a, n - 8) == word(b, n - 8)
 }
 
-/// Ids by hash; the owner stores the keys and says which id holds a given key. Each slot also
-/// carries a word of the owner's choosing, so a lookup can reach the key without another table.
+/// Values by hash: an open-addressing table of 8-byte slots, each a 24-bit hash tag and a
+/// 40-bit value of the owner's choosing (an id, or where the owner keeps the key), so a table
+/// of a few hundred thousand keys stays within the L2 cache. The owner stores the keys and says
+/// which value holds a given key.
 pub(crate) struct Table {
-    /// `[0, _]` = empty, else `[(hash >> 32) << 32 | (id + 1), payload]`.
-    slots: Vec<[u64; 2]>,
+    /// 0 = empty, else `tag << 40 | (value + 1)`.
+    slots: Vec<u64>,
     len: usize,
 }
 
@@ -55,9 +57,14 @@ pub(crate) struct Vacant {
     slot: usize,
 }
 
+const VALUE_BITS: u32 = 40;
+const VALUE_MASK: u64 = (1 << VALUE_BITS) - 1;
+/// Largest value a slot holds.
+pub(crate) const MAX_VALUE: u64 = VALUE_MASK - 1;
+
 impl Table {
     pub fn new() -> Self {
-        Table { slots: vec![[0; 2]; 1024], len: 0 }
+        Table { slots: vec![0; 1024], len: 0 }
     }
 
     #[inline]
@@ -65,43 +72,45 @@ impl Table {
         hash as usize & (self.slots.len() - 1)
     }
 
-    /// The id whose key `is_key(id, payload)` accepts among those with this `hash`, or where
-    /// to insert it.
-    #[inline]
-    pub fn find(&self, hash: u64, is_key: impl Fn(u32, u64) -> bool) -> Result<u32, Vacant> {
+    /// The value whose key `is_key(value)` accepts among those with this `hash`, or where to
+    /// insert it.
+    #[inline(always)]
+    pub fn find(&self, hash: u64, is_key: impl Fn(u64) -> bool) -> Result<u64, Vacant> {
         let mask = self.slots.len() - 1;
-        let tag = hash >> 32;
+        let tag = hash >> VALUE_BITS;
         let mut slot = hash as usize & mask;
         loop {
-            let [s, payload] = self.slots[slot];
+            let s = self.slots[slot];
             if s == 0 {
                 return Err(Vacant { hash, slot });
             }
-            let id = (s & 0xffff_ffff) as u32 - 1;
-            if s >> 32 == tag && is_key(id, payload) {
-                return Ok(id);
+            let value = (s & VALUE_MASK) - 1;
+            if s >> VALUE_BITS == tag && is_key(value) {
+                return Ok(value);
             }
             slot = (slot + 1) & mask;
         }
     }
 
-    /// The payload in the first slot a key with this hash probes, if that slot is taken.
+    /// The value in the first slot a key with this hash probes, if that slot is taken.
     #[inline]
-    fn first_payload(&self, hash: u64) -> Option<u64> {
-        let [s, payload] = self.slots[self.home(hash)];
-        (s != 0).then_some(payload)
+    fn first_value(&self, hash: u64) -> Option<u64> {
+        let s = self.slots[self.home(hash)];
+        (s != 0).then(|| (s & VALUE_MASK) - 1)
     }
 
-    /// Records `id` (absent, located by `find`); `hash_of` gives the hash of any id (to grow).
-    pub fn insert(&mut self, at: Vacant, id: u32, payload: u64, hash_of: impl Fn(u32) -> u64) {
-        self.slots[at.slot] = [(at.hash >> 32) << 32 | (id as u64 + 1), payload];
+    /// Records `value` (its key absent, located by `find`); `hash_of` gives the hash of any
+    /// value's key (to grow).
+    pub fn insert(&mut self, at: Vacant, value: u64, hash_of: impl Fn(u64) -> u64) {
+        assert!(value <= MAX_VALUE, "an interning table holds values below 2^40");
+        self.slots[at.slot] = (at.hash >> VALUE_BITS) << VALUE_BITS | (value + 1);
         self.len += 1;
         if self.len * 2 > self.slots.len() {
-            let mut slots = vec![[0u64; 2]; self.slots.len() * 2];
+            let mut slots = vec![0u64; self.slots.len() * 2];
             let mask = slots.len() - 1;
-            for s in self.slots.iter().copied().filter(|s| s[0] != 0) {
-                let mut slot = hash_of((s[0] & 0xffff_ffff) as u32 - 1) as usize & mask;
-                while slots[slot][0] != 0 {
+            for s in self.slots.iter().copied().filter(|&s| s != 0) {
+                let mut slot = hash_of((s & VALUE_MASK) - 1) as usize & mask;
+                while slots[slot] != 0 {
                     slot = (slot + 1) & mask;
                 }
                 slots[slot] = s;
@@ -111,29 +120,65 @@ impl Table {
     }
 }
 
-/// Keys, their hashes and their ids (`id` = position in `keys`).
+/// Interned keys back to back, each record an 8-byte header (id, length) and the key bytes, so
+/// a lookup finds the length, the id and the key in one place.
+#[derive(Debug, Default)]
+pub(crate) struct Keys {
+    records: Vec<u8>,
+    /// Where the record of each id starts.
+    starts: Vec<u64>,
+}
+
+impl Keys {
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// The key of `id`.
+    #[inline]
+    pub fn get(&self, id: usize) -> &[u8] {
+        let (_, key) = self.record(self.starts[id] as usize);
+        key
+    }
+
+    /// The id and key of the record at `start`.
+    #[inline(always)]
+    fn record(&self, start: usize) -> (u32, &[u8]) {
+        let head = u64::from_le_bytes(self.records[start..start + 8].try_into().expect("8 bytes"));
+        let len = (head >> 32) as usize;
+        (head as u32, &self.records[start + 8..start + 8 + len])
+    }
+
+    fn push(&mut self, key: &[u8]) -> u32 {
+        let id = self.starts.len() as u32;
+        self.starts.push(self.records.len() as u64);
+        let len = u32::try_from(key.len()).expect("a key field is shorter than 4 GiB");
+        self.records.extend_from_slice(&((len as u64) << 32 | id as u64).to_le_bytes());
+        self.records.extend_from_slice(key);
+        id
+    }
+}
+
+/// Keys, their hashes and their ids (`id` = order of first insertion). The table maps a hash
+/// to where the key's record starts.
 pub(crate) struct Interner {
-    pub keys: Arena,
+    pub keys: Keys,
     pub hashes: Vec<u64>,
     table: Table,
 }
 
 impl Interner {
     pub fn new() -> Self {
-        Interner { keys: Arena::default(), hashes: Vec::new(), table: Table::new() }
+        Interner { keys: Keys::default(), hashes: Vec::new(), table: Table::new() }
     }
 
     /// The id of `key` (whose hash is `hash`), or where to insert it.
-    #[inline]
+    #[inline(always)]
     pub fn find(&self, key: &[u8], hash: u64) -> Result<u32, Vacant> {
-        self.table.find(hash, |id, payload| {
-            let (start, len) = ((payload >> 16) as usize, (payload & 0xffff) as usize);
-            if len == 0xffff {
-                same(self.keys.get(id as usize), key)
-            } else {
-                len == key.len() && same(&self.keys.data[start..start + len], key)
-            }
-        })
+        let keys = &self.keys;
+        self.table
+            .find(hash, |start| same(keys.record(start as usize).1, key))
+            .map(|start| keys.record(start as usize).0)
     }
 
     /// Starts loading the first slot a key with this hash probes.
@@ -142,24 +187,22 @@ impl Interner {
         prefetch(&self.table.slots[self.table.home(hash)]);
     }
 
-    /// Starts loading the key bytes held by the first slot a key with this hash probes (the
-    /// slot itself should be in cache by now, see `prefetch_slot`).
+    /// Starts loading the record held by the first slot a key with this hash probes (the slot
+    /// itself should be in cache by now, see `prefetch_slot`).
     #[inline]
     pub fn prefetch_key(&self, hash: u64) {
-        if let Some(payload) = self.table.first_payload(hash) {
-            prefetch(self.keys.data.as_ptr().wrapping_add((payload >> 16) as usize));
+        if let Some(start) = self.table.first_value(hash) {
+            prefetch(self.keys.records.as_ptr().wrapping_add(start as usize));
         }
     }
 
     /// Adds `key` (absent, located by `find`) and returns its id.
     pub fn insert(&mut self, key: &[u8], at: Vacant) -> u32 {
-        let id = self.keys.len() as u32;
-        // Payload: where the key starts in the arena and its length (0xffff: look it up).
-        let payload = (self.keys.data.len() as u64) << 16 | key.len().min(0xffff) as u64;
-        self.keys.push(key);
+        let start = self.keys.records.len() as u64;
+        let id = self.keys.push(key);
         self.hashes.push(at.hash);
-        let hashes = &self.hashes;
-        self.table.insert(at, id, payload, |i| hashes[i as usize]);
+        let (keys, hashes) = (&self.keys, &self.hashes);
+        self.table.insert(at, start, |start| hashes[keys.record(start as usize).0 as usize]);
         id
     }
 }
@@ -170,11 +213,17 @@ mod tests {
 
     #[test]
     fn same_matches_slice_equality() {
-        let text = b"0123456789abcdefghij0123456789abcdefghiX";
-        for (a, b) in [(0, 0), (0, 3), (0, 8), (3, 9), (0, 17), (0, 20)] {
-            for (c, d) in [(0, 0), (20, 23), (20, 28), (20, 37), (20, 40), (1, 18)] {
-                let (x, y) = (&text[a..b], &text[c..d]);
-                assert_eq!(same(x, y), x == y, "{x:?} {y:?}");
+        let text: Vec<u8> = (0..=80u8).collect();
+        for n in 0..=80 {
+            let x = &text[..n];
+            let copy = x.to_vec();
+            assert!(same(x, &copy), "length {n}");
+            assert!(n == 0 || !same(x, &text[1..=n]), "length {n}, shifted");
+            assert!(n == 0 || !same(x, &text[..n - 1]), "length {n} vs {}", n - 1);
+            for i in 0..n {
+                let mut y = x.to_vec();
+                y[i] ^= 0x20;
+                assert!(!same(x, &y), "length {n}, byte {i} differs");
             }
         }
     }

@@ -152,40 +152,29 @@ impl<'a, K: Kernel> Marks<'a, K> {
         true
     }
 
-    /// The next delimiter or newline: its position and whether it is a newline.
+    /// Reads one line: writes the positions of its first delimiters into `ends` (as many as
+    /// fit) and returns how many it wrote, the position of the newline ending the line (None:
+    /// the data ends first) and the number of delimiters on the line past those written.
     #[inline(always)]
-    pub fn next(&mut self) -> Option<(usize, bool)> {
+    pub fn line(&mut self, ends: &mut [usize]) -> (usize, Option<usize>, usize) {
+        let (mut written, mut more) = (0usize, 0usize);
         loop {
-            let any = self.delimiters | self.newlines;
-            if any != 0 {
-                let bit = any & any.wrapping_neg();
-                let newline = self.newlines & bit != 0;
-                self.delimiters &= !bit;
-                self.newlines &= !bit;
-                return Some((self.base + any.trailing_zeros() as usize, newline));
+            let newline = self.newlines & self.newlines.wrapping_neg();
+            let before = if newline != 0 { newline - 1 } else { u64::MAX };
+            let mut d = self.delimiters & before;
+            while d != 0 && written < ends.len() {
+                ends[written] = self.base + d.trailing_zeros() as usize;
+                written += 1;
+                d &= d - 1;
+            }
+            more += d.count_ones() as usize;
+            if newline != 0 {
+                self.delimiters &= !(before | newline);
+                self.newlines &= !newline;
+                return (written, Some(self.base + newline.trailing_zeros() as usize), more);
             }
             if !self.advance() {
-                return None;
-            }
-        }
-    }
-
-    /// The next newline (None: the data ends first) and the number of delimiters before it.
-    #[inline(always)]
-    pub fn next_newline(&mut self) -> (Option<usize>, usize) {
-        let mut delimiters = 0usize;
-        loop {
-            if self.newlines != 0 {
-                let bit = self.newlines & self.newlines.wrapping_neg();
-                let below = bit - 1;
-                delimiters += (self.delimiters & below).count_ones() as usize;
-                self.delimiters &= !below;
-                self.newlines &= !bit;
-                return (Some(self.base + bit.trailing_zeros() as usize), delimiters);
-            }
-            delimiters += self.delimiters.count_ones() as usize;
-            if !self.advance() {
-                return (None, delimiters);
+                return (written, None, more);
             }
         }
     }
@@ -209,29 +198,34 @@ mod tests {
         data.extend_from_slice(b",\n\n,,tail");
         for len in [0, 1, 17, 18, 63, 64, 65, 130, data.len()] {
             let d = &data[..len];
-            let expected: Vec<(usize, bool)> =
-                d.iter().enumerate().filter(|(_, &c)| c == b',' || c == b'\n').map(|(i, &c)| (i, c == b'\n')).collect();
-            let mut m = Marks::new(d, b',', kernel);
-            let found: Vec<(usize, bool)> = std::iter::from_fn(|| m.next()).collect();
-            assert_eq!(found, expected, "len {len}");
+            for keep in [0, 1, 2, 5] {
+                // Expected: per line, the first `keep` delimiters, the newline, the other delimiters.
+                let mut expected = Vec::new();
+                let mut start = 0;
+                while start < d.len() {
+                    let newline = d[start..].iter().position(|&c| c == b'\n').map(|k| start + k);
+                    let end = newline.unwrap_or(d.len());
+                    let commas: Vec<usize> = (start..end).filter(|&i| d[i] == b',').collect();
+                    let written = commas.len().min(keep);
+                    expected.push((commas[..written].to_vec(), newline, commas.len() - written));
+                    start = end + 1;
+                }
+                let mut m = Marks::new(d, b',', kernel);
+                let mut found = Vec::new();
+                let mut ends = vec![0; keep];
+                for _ in 0..expected.len() {
+                    let (written, newline, more) = m.line(&mut ends);
+                    found.push((ends[..written].to_vec(), newline, more));
+                }
+                assert_eq!(found, expected, "len {len}, keep {keep}");
+                assert_eq!(m.line(&mut ends), (0, None, 0), "len {len}, keep {keep}: past the end");
+            }
         }
-        // After two marks, jump to the line end counting the delimiters on the way.
-        let mut m = Marks::new(&data, b',', kernel);
-        assert_eq!((m.next(), m.next()), (Some((3, false)), Some((17, true))));
-        assert_eq!(m.next(), Some((19, false)));
-        assert_eq!(m.next_newline(), (Some(44), 2));
-        let tail = data.len() - 9;
-        let mut m = Marks::new(&data[tail..], b',', kernel);
-        assert_eq!(m.next_newline(), (Some(1), 1));
-        assert_eq!(m.next_newline(), (Some(2), 0));
-        assert_eq!(m.next_newline(), (None, 2));
-        assert_eq!(m.next(), None);
-        assert!(!m.quoted());
         let mut text = vec![b'a'; 200];
         text[150] = b'"';
         let mut m = Marks::new(&text, b',', kernel);
         assert!(!m.quoted());
-        assert_eq!(m.next_newline(), (None, 0));
+        assert_eq!(m.line(&mut [0; 2]), (0, None, 0));
         assert!(m.quoted());
     }
 }

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::fields::{self, FieldError, Fields, Span};
 use super::formats::{Format, MssdColumns, Parser};
-use super::intern::{self, same, Interner};
+use super::intern::{self, same, Interner, Keys};
 use super::scan::{self, Marks};
 use crate::error::{Error, Location, Result};
 
@@ -27,9 +27,6 @@ impl Arena {
     pub fn push(&mut self, s: &[u8]) {
         self.data.extend_from_slice(s);
         self.ends.push(self.data.len());
-    }
-    pub fn len(&self) -> usize {
-        self.ends.len()
     }
     #[inline]
     pub fn get(&self, i: usize) -> &[u8] {
@@ -53,7 +50,7 @@ pub(crate) struct Chunk {
     pub run_keys: Arena,
     pub run_starts: Vec<u32>,
     pub items: Vec<u32>,
-    pub item_keys: Arena,
+    pub item_keys: Keys,
     /// Hash of each item key (see `intern::hash`).
     pub item_hashes: Vec<u64>,
     pub skips: Vec<u8>,
@@ -187,7 +184,7 @@ impl<'a, 'p> ChunkParser<'a, 'p> {
         &mut self,
         m: &MssdColumns,
         line_index: u64,
-        spans: &[Span],
+        fields: LineFields,
         count: usize,
         item_hash: u64,
     ) -> Option<bool> {
@@ -195,9 +192,9 @@ impl<'a, 'p> ChunkParser<'a, 'p> {
             return None;
         }
         let data = self.data;
-        let order = fields::parse_i64(spans[m.position].of(data))?;
-        let flag = fields::strict_bool(spans[m.skip].of(data), m.skip + 1).ok()?;
-        let (group, item) = (spans[m.session].of(data), spans[m.track].of(data));
+        let order = fields::parse_i64(fields.span(m.position).of(data))?;
+        let flag = fields::strict_bool(fields.span(m.skip).of(data), m.skip + 1).ok()?;
+        let (group, item) = (fields.span(m.session).of(data), fields.span(m.track).of(data));
         if group.is_empty() || item.is_empty() {
             return None;
         }
@@ -267,8 +264,11 @@ fn parse_lines(data: &[u8], parser: &Parser, skip_bad: bool, keep_order: bool, p
 #[derive(Clone, Copy, Default)]
 struct Pending {
     line_index: u64,
-    count: usize,
+    /// Where the line starts and ends (its newline, or the end of the data).
+    start: usize,
     end: usize,
+    /// Fields on the line.
+    count: usize,
     /// Hash of the item field (0 when the parser names none or the line lacks it).
     item_hash: u64,
 }
@@ -313,6 +313,22 @@ unsafe fn parse_plain_avx512(p: &mut ChunkParser, report: &mut impl FnMut(usize)
     scan_lines(p, report, kernel)
 }
 
+/// Where the fields of a scanned plain line end: `ends[i]` is the end of field `i` (the
+/// delimiter after it, or the line end without its `\r` for the last field).
+#[derive(Clone, Copy)]
+struct LineFields<'e> {
+    start: usize,
+    ends: &'e [usize],
+}
+
+impl LineFields<'_> {
+    #[inline(always)]
+    fn span(self, i: usize) -> Span {
+        let start = if i == 0 { self.start } else { self.ends[i - 1] + 1 };
+        Span { start, end: self.ends[i], escaped: false }
+    }
+}
+
 #[inline(always)]
 fn scan_lines(p: &mut ChunkParser, report: &mut impl FnMut(usize), kernel: impl scan::Kernel) -> Option<u64> {
     let data = p.data;
@@ -324,56 +340,45 @@ fn scan_lines(p: &mut ChunkParser, report: &mut impl FnMut(usize), kernel: impl 
     };
     let mut marks = Marks::new(data, p.parser.delimiter(), kernel);
     let mut ring = [Pending::default(); RING];
-    let mut ring_spans = vec![Span { start: 0, end: 0, escaped: false }; RING * needed];
+    let mut ring_ends = vec![0usize; RING * needed];
+    let mut spans = Vec::with_capacity(needed);
     // Lines scanned (blank ones excepted) and lines handled.
     let (mut scanned, mut handled) = (0usize, 0usize);
     let mut line_index = 0u64;
     let mut start = 0usize;
     while start < data.len() {
-        // The line's fields go straight into its ring slot.
+        // The line's field ends go straight into its ring slot.
         let k = scanned % RING;
-        let spans = &mut ring_spans[k * needed..(k + 1) * needed];
-        let mut n_spans = 0;
-        let mut pos = start;
-        let (end, count) = loop {
-            if n_spans == needed {
-                let (newline, more) = marks.next_newline();
-                break (newline.unwrap_or(data.len()), needed + 1 + more);
-            }
-            match marks.next() {
-                Some((at, false)) => {
-                    spans[n_spans] = Span { start: pos, end: at, escaped: false };
-                    n_spans += 1;
-                    pos = at + 1;
-                }
-                mark => {
-                    let end = mark.map_or(data.len(), |(at, _)| at);
-                    let trimmed = trim_cr(data, end, start);
-                    spans[n_spans] = Span { start: pos, end: trimmed.max(pos), escaped: false };
-                    n_spans += 1;
-                    break (end, n_spans);
-                }
-            }
-        };
+        let ends = &mut ring_ends[k * needed..(k + 1) * needed];
+        let (written, newline, more) = marks.line(ends);
+        let end = newline.unwrap_or(data.len());
+        let count = written + more + 1;
+        if written < needed {
+            // The last field ends the line.
+            let field_start = if written == 0 { start } else { ends[written - 1] + 1 };
+            ends[written] = trim_cr(data, end, start).max(field_start);
+        }
         if marks.quoted() {
             return None;
         }
-        if !(count == 1 && spans[0].start == spans[0].end) {
+        if !(count == 1 && ends[0] == start) {
             let item_hash = match item_field {
                 Some(f) if f < count => {
-                    let h = intern::hash(&data[spans[f].start..spans[f].end]);
+                    let span = LineFields { start, ends }.span(f);
+                    let h = intern::hash(span.of(data));
                     p.items.prefetch_slot(h);
                     h
                 }
                 _ => 0,
             };
-            ring[k] = Pending { line_index, count, end, item_hash };
+            ring[k] = Pending { line_index, start, end, count, item_hash };
             scanned += 1;
             if scanned > KEY_AHEAD {
                 p.items.prefetch_key(ring[(scanned - 1 - KEY_AHEAD) % RING].item_hash);
             }
             if scanned > HANDLE_AHEAD {
-                if let Some(stop) = handle(p, &ring, &ring_spans, item_field, mssd.as_ref(), handled, report) {
+                if let Some(stop) = handle(p, &ring, &ring_ends, &mut spans, item_field, mssd.as_ref(), handled, report)
+                {
                     return Some(stop + 1);
                 }
                 handled += 1;
@@ -383,7 +388,7 @@ fn scan_lines(p: &mut ChunkParser, report: &mut impl FnMut(usize), kernel: impl 
         start = end + 1;
     }
     while handled < scanned {
-        if let Some(stop) = handle(p, &ring, &ring_spans, item_field, mssd.as_ref(), handled, report) {
+        if let Some(stop) = handle(p, &ring, &ring_ends, &mut spans, item_field, mssd.as_ref(), handled, report) {
             return Some(stop + 1);
         }
         handled += 1;
@@ -391,30 +396,35 @@ fn scan_lines(p: &mut ChunkParser, report: &mut impl FnMut(usize), kernel: impl 
     Some(line_index)
 }
 
-/// Handles the `n`-th scanned line; returns its index when it stops the parse.
+/// Handles the `n`-th scanned line; returns its index when it stops the parse. `spans` is
+/// scratch space for the generic path.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn handle(
     p: &mut ChunkParser,
     ring: &[Pending; RING],
-    ring_spans: &[Span],
+    ring_ends: &[usize],
+    spans: &mut Vec<Span>,
     item_field: Option<usize>,
     mssd: Option<&MssdColumns>,
     n: usize,
     report: &mut impl FnMut(usize),
 ) -> Option<u64> {
-    let needed = ring_spans.len() / RING;
+    let needed = ring_ends.len() / RING;
     let (k, line) = (n % RING, ring[n % RING]);
-    let spans = &ring_spans[k * needed..k * needed + needed.min(line.count)];
+    let fields = LineFields { start: line.start, ends: &ring_ends[k * needed..k * needed + needed.min(line.count)] };
     if n.is_multiple_of(REPORT_EVERY) {
         report(line.end.min(p.data.len()));
     }
     if let Some(m) = mssd {
-        if let Some(ok) = p.mssd_line(m, line.line_index, spans, line.count, line.item_hash) {
+        if let Some(ok) = p.mssd_line(m, line.line_index, fields, line.count, line.item_hash) {
             return (!ok).then_some(line.line_index);
         }
     }
+    spans.clear();
+    spans.extend((0..fields.ends.len()).map(|i| fields.span(i)));
     let hint = match item_field {
-        Some(f) if f < line.count => Some((line.item_hash, &p.data[spans[f].start..spans[f].end])),
+        Some(f) if f < line.count => Some((line.item_hash, spans[f].of(p.data))),
         _ => None,
     };
     let ok = p.line(line.line_index, spans, line.count, hint);
