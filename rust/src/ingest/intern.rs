@@ -27,17 +27,39 @@ pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     let w8 = |s: &[u8], i: usize| u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"));
-    let w16 = |s: &[u8], i: usize| u128::from_le_bytes(s[i..i + 16].try_into().expect("16 bytes"));
     match n {
         0..8 => a == b,
         8..=16 => w8(a, 0) == w8(b, 0) && w8(a, n - 8) == w8(b, n - 8),
-        17..=32 => (w16(a, 0) ^ w16(b, 0)) | (w16(a, n - 16) ^ w16(b, n - 16)) == 0,
-        33..=64 => {
-            let head = (w16(a, 0) ^ w16(b, 0)) | (w16(a, 16) ^ w16(b, 16));
-            let tail = (w16(a, n - 32) ^ w16(b, n - 32)) | (w16(a, n - 16) ^ w16(b, n - 16));
-            head | tail == 0
-        }
+        17..=32 => same16(a, b, [0, n - 16, 0, n - 16]),
+        33..=64 => same16(a, b, [0, 16, n - 32, n - 16]),
         _ => a == b,
+    }
+}
+
+/// Whether `a` and `b` (of equal length) match in the four 16-byte words at `at`.
+#[inline(always)]
+fn same16(a: &[u8], b: &[u8], at: [usize; 4]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        let (a, b) = (&a[..at[3] + 16], &b[..at[3] + 16]);
+        // SAFETY: SSE2 is part of the x86-64 baseline; each load reads 16 bytes at an offset
+        // that the slicing above proves in bounds (the offsets never exceed `at[3]`).
+        unsafe {
+            let eq = |i: usize| {
+                _mm_cmpeq_epi8(
+                    _mm_loadu_si128(a.as_ptr().add(i) as *const __m128i),
+                    _mm_loadu_si128(b.as_ptr().add(i) as *const __m128i),
+                )
+            };
+            let all = _mm_and_si128(_mm_and_si128(eq(at[0]), eq(at[1])), _mm_and_si128(eq(at[2]), eq(at[3])));
+            _mm_movemask_epi8(all) == 0xffff
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let w16 = |s: &[u8], i: usize| u128::from_le_bytes(s[i..i + 16].try_into().expect("16 bytes"));
+        at.iter().all(|&i| w16(a, i) == w16(b, i))
     }
 }
 
