@@ -10,11 +10,13 @@ use super::intern::{same, Table};
 use super::source::Chunk;
 use super::Rules;
 
-/// All rows in one place; `items` are raw ids (first appearance in the file).
+/// All rows in one place; `items` are raw ids (order of first appearance in the file).
 pub(crate) struct Rows {
     pub items: Vec<u32>,
     pub skips: Vec<u8>,
     pub order: Vec<i64>,
+    /// The rows are in file order (not permuted by grouping or sorting).
+    pub in_file_order: bool,
 }
 
 impl Rows {
@@ -22,12 +24,14 @@ impl Rows {
         self.items = perm.par_iter().map(|&i| self.items[i as usize]).collect();
         self.skips = perm.par_iter().map(|&i| self.skips[i as usize]).collect();
         self.order = perm.par_iter().map(|&i| self.order[i as usize]).collect();
+        self.in_file_order = false;
     }
 }
 
 /// Rows of all chunks with a file-wide raw item vocabulary, and the runs of equal group keys.
 pub(crate) struct Merged<'c> {
     pub rows: Rows,
+    /// Key of each raw id.
     pub raw_keys: Vec<&'c [u8]>,
     /// (group key, first row) of each run, in file order.
     pub runs: Vec<(&'c [u8], usize)>,
@@ -46,54 +50,95 @@ pub(crate) fn runs_sorted(chunks: &[Chunk]) -> bool {
     true
 }
 
-/// Merges the chunks: the vocabulary in parallel shards (a key's shard follows from the hash its
-/// chunk computed; raw ids need no particular order), then rows copied in parallel. `order` is
-/// left empty unless `keep_order`.
+/// Merges the chunks. Raw item ids follow the order of first appearance in the file: a chunk's
+/// local ids already follow it within the chunk, so the keys a chunk sees first are numbered
+/// after those of the chunks before it, in local order. Which keys those are is found in
+/// parallel shards (a key's shard follows from the hash its chunk computed); then rows are
+/// copied in parallel. `order` is left empty unless `keep_order`.
 pub(crate) fn merge(chunks: &[Chunk], keep_order: bool) -> Merged<'_> {
     let shards = rayon::current_num_threads().max(1);
     let shard_of = |h: u64| (((h >> 32) * shards as u64) >> 32) as usize;
-    // Each chunk key's id within its shard, written by the shard that owns it.
+    // Each chunk key's id within its shard (times 2), plus 1 where the key is first seen.
     let in_shard: Vec<Vec<AtomicU32>> =
         chunks.iter().map(|c| (0..c.item_keys.len()).map(|_| AtomicU32::new(0)).collect()).collect();
-    let shard_keys: Vec<Vec<&[u8]>> = (0..shards)
+    // Per shard: the (chunk, local id) where each of its keys is first seen.
+    let firsts: Vec<Vec<(u32, u32)>> = (0..shards)
         .into_par_iter()
         .map(|s| {
             let mut table = Table::new();
             let mut keys: Vec<&[u8]> = Vec::new();
             let mut hashes: Vec<u64> = Vec::new();
-            for (c, out) in chunks.iter().zip(&in_shard) {
-                for (i, &h) in c.item_hashes.iter().enumerate() {
+            let mut firsts = Vec::new();
+            for (c, (chunk, out)) in chunks.iter().zip(&in_shard).enumerate() {
+                for (i, &h) in chunk.item_hashes.iter().enumerate() {
                     if shard_of(h) != s {
                         continue;
                     }
-                    let key = c.item_keys.get(i);
-                    let id = match table.find(h, |id| same(keys[id as usize], key)) {
-                        Ok(id) => id as u32,
+                    let key = chunk.item_keys.get(i);
+                    let tagged = match table.find(h, |id| same(keys[id as usize], key)) {
+                        Ok(id) => 2 * id as u32,
                         Err(at) => {
                             let id = keys.len() as u32;
                             keys.push(key);
                             hashes.push(h);
+                            firsts.push((c as u32, i as u32));
                             table.insert(at, id as u64, |j| hashes[j as usize]);
-                            id
+                            2 * id + 1
                         }
                     };
-                    out[i].store(id, Ordering::Relaxed);
+                    out[i].store(tagged, Ordering::Relaxed);
                 }
             }
-            keys
+            firsts
         })
         .collect();
-    let mut base = Vec::with_capacity(shards);
-    let mut raw_keys: Vec<&[u8]> = Vec::with_capacity(shard_keys.iter().map(Vec::len).sum());
-    for keys in &shard_keys {
-        base.push(raw_keys.len() as u32);
-        raw_keys.extend_from_slice(keys);
+    // Raw id of each key first seen in a chunk, counted from the chunk's base.
+    let (new_keys, mut local_raw): (Vec<Vec<&[u8]>>, Vec<Vec<u32>>) = chunks
+        .par_iter()
+        .zip(&in_shard)
+        .map(|(c, tags)| {
+            let mut new_keys = Vec::new();
+            let raw = tags
+                .iter()
+                .enumerate()
+                .map(|(i, tag)| {
+                    if tag.load(Ordering::Relaxed) & 1 == 1 {
+                        new_keys.push(c.item_keys.get(i));
+                        new_keys.len() as u32 - 1
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            (new_keys, raw)
+        })
+        .unzip();
+    let mut base = 0u32;
+    for (keys, raw) in new_keys.iter().zip(&mut local_raw) {
+        raw.iter_mut().for_each(|r| *r += base);
+        base += keys.len() as u32;
     }
+    let raw_keys: Vec<&[u8]> = new_keys.concat();
     let remaps: Vec<Vec<u32>> = chunks
         .par_iter()
         .zip(&in_shard)
-        .map(|(c, ids)| {
-            c.item_hashes.iter().zip(ids).map(|(&h, id)| base[shard_of(h)] + id.load(Ordering::Relaxed)).collect()
+        .enumerate()
+        .map(|(c, (chunk, tags))| {
+            chunk
+                .item_hashes
+                .iter()
+                .zip(tags)
+                .enumerate()
+                .map(|(i, (&h, tag))| {
+                    let tag = tag.load(Ordering::Relaxed);
+                    if tag & 1 == 1 {
+                        local_raw[c][i]
+                    } else {
+                        let (fc, fi) = firsts[shard_of(h)][(tag / 2) as usize];
+                        local_raw[fc as usize][fi as usize]
+                    }
+                })
+                .collect()
         })
         .collect();
     let total: usize = chunks.iter().map(|c| c.items.len()).sum();
@@ -125,7 +170,7 @@ pub(crate) fn merge(chunks: &[Chunk], keep_order: bool) -> Merged<'_> {
         }
         row += c.items.len();
     }
-    Merged { rows: Rows { items, skips, order }, raw_keys, runs }
+    Merged { rows: Rows { items, skips, order, in_file_order: true }, raw_keys, runs }
 }
 
 /// `out` cut into one part per chunk, each as long as the chunk's rows.
@@ -337,8 +382,16 @@ pub(crate) struct Encoded {
 }
 
 /// Encodes items: internal ids from 2 in order of first appearance in the kept windows. When
-/// the windows are all the rows in order (nothing filtered), the row vectors are reused in place.
+/// the windows are all the rows in order (nothing filtered), the row vectors are reused in place;
+/// when those rows are also in file order, raw ids already follow first appearance (see
+/// [`merge`]) and the internal id is the raw id plus 2.
 pub(crate) fn encode(rows: Rows, windows: &[Window], n_raw: usize, keep_times: bool) -> Encoded {
+    let whole = windows.first().map_or(rows.items.is_empty(), |w| w.start == 0)
+        && windows.windows(2).all(|p| p[0].end == p[1].start)
+        && windows.last().is_none_or(|w| w.end == rows.items.len());
+    if whole && rows.in_file_order {
+        return encode_in_file_order(rows, windows, n_raw, keep_times);
+    }
     let mut remap = vec![u32::MAX; n_raw];
     let mut vocab_raw = Vec::new();
     let mut counts = vec![0u64, 0u64];
@@ -354,11 +407,8 @@ pub(crate) fn encode(rows: Rows, windows: &[Window], n_raw: usize, keep_times: b
     };
     let mut offsets = Vec::with_capacity(windows.len() + 1);
     offsets.push(0i64);
-    let whole = windows.first().map_or(rows.items.is_empty(), |w| w.start == 0)
-        && windows.windows(2).all(|p| p[0].end == p[1].start)
-        && windows.last().is_none_or(|w| w.end == rows.items.len());
     if whole {
-        let Rows { mut items, skips, order } = rows;
+        let Rows { mut items, skips, order, .. } = rows;
         for item in &mut items {
             *item = id_of(*item);
         }
@@ -381,12 +431,36 @@ pub(crate) fn encode(rows: Rows, windows: &[Window], n_raw: usize, keep_times: b
     Encoded { offsets, items, skips, times, vocab_raw, counts }
 }
 
+/// `encode` of all rows, in file order: ids are raw ids plus 2, counted in parallel parts.
+fn encode_in_file_order(rows: Rows, windows: &[Window], n_raw: usize, keep_times: bool) -> Encoded {
+    let Rows { mut items, skips, order, .. } = rows;
+    let part = items.len().div_ceil(rayon::current_num_threads().max(1)).max(1);
+    let part_counts: Vec<Vec<u32>> = items
+        .par_chunks_mut(part)
+        .map(|part| {
+            let mut counts = vec![0u32; n_raw + 2];
+            for item in part {
+                *item += 2;
+                counts[*item as usize] += 1;
+            }
+            counts
+        })
+        .collect();
+    let mut counts = vec![0u64; n_raw + 2];
+    counts.par_iter_mut().enumerate().for_each(|(id, c)| *c = part_counts.iter().map(|p| p[id] as u64).sum());
+    let mut offsets = Vec::with_capacity(windows.len() + 1);
+    offsets.push(0i64);
+    offsets.extend(windows.iter().map(|w| w.end as i64));
+    let times = if keep_times { order } else { Vec::new() };
+    Encoded { offsets, items, skips, times, vocab_raw: (0..n_raw as u32).collect(), counts }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn rows(items: Vec<u32>, skips: Vec<u8>, order: Vec<i64>) -> Rows {
-        Rows { items, skips, order }
+        Rows { items, skips, order, in_file_order: false }
     }
 
     fn rules(min_length: usize, max_length: Option<usize>, require_skip: bool) -> Rules {
@@ -508,5 +582,43 @@ mod tests {
         assert_eq!(e.items, vec![2, 3, 2, 4, 3]);
         assert_eq!((e.vocab_raw, e.counts, e.offsets), (vec![7, 3, 5], vec![0, 0, 2, 2, 1], vec![0, 3, 5]));
         assert_eq!((e.skips, e.times), (vec![0, 1, 0, 0, 1], vec![]));
+    }
+
+    #[test]
+    fn merge_numbers_keys_by_first_appearance_across_chunks() {
+        use crate::ingest::formats::{Format, SkipRule};
+        use crate::ingest::source::parse_chunk;
+        let header = b"session_id,session_position,session_length,track_id_clean,skip_1,skip_2,skip_3,not_skipped";
+        let parser = Format::Mssd(SkipRule::Skip2).parser(std::path::Path::new("x.csv"), header).unwrap().0;
+        let row = |s: &str, track: &str| format!("{s},1,2,{track},False,False,False,True\n");
+        let pieces = [
+            row("a", "t3") + &row("a", "t1"),
+            row("b", "t2") + &row("b", "t3") + &row("b", "t2"),
+            row("c", "t4") + &row("c", "t1") + &row("c", "t5"),
+        ];
+        let chunks: Vec<Chunk> =
+            pieces.iter().map(|p| parse_chunk(p.as_bytes(), &parser, false, false, None)).collect();
+        let m = merge(&chunks, false);
+        assert_eq!(m.rows.items, vec![0, 1, 2, 0, 2, 3, 1, 4]);
+        assert_eq!(m.raw_keys, vec![&b"t3"[..], b"t1", b"t2", b"t4", b"t5"]);
+        assert!(m.rows.in_file_order);
+        assert_eq!(m.runs.iter().map(|r| r.1).collect::<Vec<_>>(), vec![0, 2, 5]);
+    }
+
+    #[test]
+    fn rows_in_file_order_keep_raw_numbering() {
+        // Raw ids in order of first appearance, as `merge` numbers them.
+        let items = vec![0, 1, 0, 2, 1, 3, 3, 0];
+        let w = vec![
+            Window { session: 0, index: None, start: 0, end: 3 },
+            Window { session: 1, index: None, start: 3, end: 8 },
+        ];
+        let general = encode(rows(items.clone(), vec![0, 1, 0, 0, 1, 0, 0, 1], vec![]), &w, 4, false);
+        let mut r = rows(items, vec![0, 1, 0, 0, 1, 0, 0, 1], vec![]);
+        r.in_file_order = true;
+        let fast = encode(r, &w, 4, false);
+        assert_eq!(fast.items, vec![2, 3, 2, 4, 3, 5, 5, 2]);
+        assert_eq!((&fast.items, &fast.vocab_raw, &fast.counts), (&general.items, &general.vocab_raw, &general.counts));
+        assert_eq!((fast.offsets, fast.skips), (general.offsets, general.skips));
     }
 }
