@@ -33,7 +33,8 @@ pub(crate) struct Merged<'c> {
     pub rows: Rows,
     /// Key of each raw id.
     pub raw_keys: Vec<&'c [u8]>,
-    /// (group key, first row) of each run, in file order.
+    /// (group key, first row) of each run of rows with the same key, in file order; adjacent
+    /// runs have different keys.
     pub runs: Vec<(&'c [u8], usize)>,
 }
 
@@ -162,11 +163,15 @@ pub(crate) fn merge(chunks: &[Chunk], keep_order: bool) -> Merged<'_> {
             .zip(chunks.par_iter())
             .for_each(|(out, c)| out.copy_from_slice(&c.order));
     }
-    let mut runs = Vec::with_capacity(chunks.iter().map(|c| c.run_starts.len()).sum());
+    // Within a chunk, adjacent runs differ; a chunk's first run may continue the last one.
+    let mut runs: Vec<(&[u8], usize)> = Vec::with_capacity(chunks.iter().map(|c| c.run_starts.len()).sum());
     let mut row = 0;
     for c in chunks {
         for (r, &start) in c.run_starts.iter().enumerate() {
-            runs.push((c.run_keys.get(r), row + start as usize));
+            let key = c.run_keys.get(r);
+            if r > 0 || runs.last().is_none_or(|&(last, _)| last != key) {
+                runs.push((key, row + start as usize));
+            }
         }
         row += c.items.len();
     }
@@ -190,24 +195,18 @@ pub(crate) struct Groups<'c> {
     pub bounds: Vec<usize>,
 }
 
-/// Groups rows: runs with the same key as the run before (`consecutive`), or all rows with
-/// the same key (groups in order of first appearance, rows kept in file order).
+/// Groups rows: each run (`consecutive`; adjacent runs have different keys, see [`Merged`]),
+/// or all rows with the same key (groups in order of first appearance, rows kept in file order).
 pub(crate) fn group<'c>(rows: &mut Rows, runs: &[(&'c [u8], usize)], consecutive: bool) -> Groups<'c> {
     let n = rows.items.len();
     let run_end = |r: usize| runs.get(r + 1).map_or(n, |x| x.1);
-    let mut keys: Vec<&[u8]> = Vec::new();
-    let mut bounds = vec![0usize];
     if consecutive {
-        for (r, &(key, _)) in runs.iter().enumerate() {
-            if keys.last() == Some(&key) {
-                *bounds.last_mut().expect("bounds start non-empty") = run_end(r);
-            } else {
-                keys.push(key);
-                bounds.push(run_end(r));
-            }
-        }
+        let keys = runs.iter().map(|r| r.0).collect();
+        let bounds = std::iter::once(0).chain((0..runs.len()).map(run_end)).collect();
         return Groups { keys, bounds };
     }
+    let mut keys: Vec<&[u8]> = Vec::new();
+    let mut bounds = vec![0usize];
     let mut gid_of: AHashMap<&[u8], u32> = AHashMap::new();
     let mut run_group = Vec::with_capacity(runs.len());
     let mut sizes: Vec<usize> = Vec::new();
@@ -591,10 +590,11 @@ mod tests {
         let header = b"session_id,session_position,session_length,track_id_clean,skip_1,skip_2,skip_3,not_skipped";
         let parser = Format::Mssd(SkipRule::Skip2).parser(std::path::Path::new("x.csv"), header).unwrap().0;
         let row = |s: &str, track: &str| format!("{s},1,2,{track},False,False,False,True\n");
+        // Session b goes on across the second chunk boundary.
         let pieces = [
             row("a", "t3") + &row("a", "t1"),
-            row("b", "t2") + &row("b", "t3") + &row("b", "t2"),
-            row("c", "t4") + &row("c", "t1") + &row("c", "t5"),
+            row("b", "t2") + &row("b", "t3"),
+            row("b", "t2") + &row("c", "t4") + &row("c", "t1") + &row("c", "t5"),
         ];
         let chunks: Vec<Chunk> =
             pieces.iter().map(|p| parse_chunk(p.as_bytes(), &parser, false, false, None)).collect();
