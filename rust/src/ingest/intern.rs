@@ -142,6 +142,9 @@ impl Table {
     }
 }
 
+/// Longest key an [`Interner`] holds.
+pub(crate) const MAX_KEY_LEN: usize = u32::MAX as usize;
+
 /// Interned keys back to back, each record an 8-byte header (id, length) and the key bytes, so
 /// a lookup finds the length, the id and the key in one place.
 #[derive(Debug, Default)]
@@ -171,10 +174,11 @@ impl Keys {
         (head as u32, &self.records[start + 8..start + 8 + len])
     }
 
+    /// Appends `key` (at most `MAX_KEY_LEN` bytes) and returns its id.
     fn push(&mut self, key: &[u8]) -> u32 {
         let id = self.starts.len() as u32;
         self.starts.push(self.records.len() as u64);
-        let len = u32::try_from(key.len()).expect("a key field is shorter than 4 GiB");
+        let len = u32::try_from(key.len()).expect("keys are at most MAX_KEY_LEN bytes");
         self.records.extend_from_slice(&((len as u64) << 32 | id as u64).to_le_bytes());
         self.records.extend_from_slice(key);
         id
@@ -218,7 +222,7 @@ impl Interner {
         }
     }
 
-    /// Adds `key` (absent, located by `find`) and returns its id.
+    /// Adds `key` (absent, located by `find`; at most `MAX_KEY_LEN` bytes) and returns its id.
     pub fn insert(&mut self, key: &[u8], at: Vacant) -> u32 {
         let start = self.keys.records.len() as u64;
         let id = self.keys.push(key);

@@ -155,6 +155,9 @@ impl<'a, 'p> ChunkParser<'a, 'p> {
                 if std::str::from_utf8(item).is_err() {
                     return Err(FieldError::new(item_col, "invalid UTF-8 in a key field"));
                 }
+                if item.len() > intern::MAX_KEY_LEN {
+                    return Err(FieldError::new(item_col, "a key field longer than 4 GiB"));
+                }
                 self.items.insert(item, at)
             }
         };
