@@ -1,5 +1,7 @@
 //! Evaluation splits (docs/design.md, "Splits"): per session `train_end`, `valid_target`, `test_target`.
 
+use rayon::prelude::*;
+
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,20 +43,23 @@ pub fn compute(rule: SplitRule, offsets: &[i64], skips: &[u8], times: Option<&[i
     let mut out = Targets { train_end: vec![0; n], valid_target: vec![-1; n], test_target: vec![-1; n] };
     match rule {
         SplitRule::LeaveLastOut => {
-            for s in 0..n {
-                let sk = session(s);
-                let t = last_kept(sk, sk.len());
-                let v = if t > 0 { last_kept(sk, t as usize) } else { -1 };
-                out.test_target[s] = t;
-                out.valid_target[s] = v;
-                out.train_end[s] = if v >= 0 {
-                    v
-                } else if t >= 0 {
-                    t
-                } else {
-                    sk.len() as i32
-                };
-            }
+            (&mut out.train_end, &mut out.valid_target, &mut out.test_target)
+                .into_par_iter()
+                .enumerate()
+                .with_min_len(1 << 12)
+                .for_each(|(s, (train_end, valid, test))| {
+                    let sk = session(s);
+                    let t = last_kept(sk, sk.len());
+                    let v = if t > 0 { last_kept(sk, t as usize) } else { -1 };
+                    (*test, *valid) = (t, v);
+                    *train_end = if v >= 0 {
+                        v
+                    } else if t >= 0 {
+                        t
+                    } else {
+                        sk.len() as i32
+                    };
+                });
         }
         SplitRule::Temporal { valid_fraction, test_fraction } => {
             let mut by_time: Vec<usize> = (0..n).collect();
