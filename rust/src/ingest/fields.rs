@@ -175,9 +175,11 @@ pub(crate) fn show(raw: &[u8]) -> String {
 /// Strict boolean (MSSD): `True`/`False`/`true`/`false`.
 #[inline]
 pub(crate) fn strict_bool(raw: &[u8], column: usize) -> Result<bool, FieldError> {
-    match raw {
-        b"True" | b"true" => Ok(true),
-        b"False" | b"false" => Ok(false),
+    // The first four bytes as one word, with the first letter's case bit cleared.
+    let word = |s: &[u8]| u32::from_le_bytes(s[..4].try_into().expect("4 bytes")) & !0x20;
+    match raw.len() {
+        4 if word(raw) == u32::from_le_bytes(*b"True") => Ok(true),
+        5 if word(raw) == u32::from_le_bytes(*b"Fals") && raw[4] == b'e' => Ok(false),
         _ => Err(not_strict_bool(raw, column)),
     }
 }
@@ -446,6 +448,22 @@ mod tests {
         assert_eq!(err.column, 5);
         assert_eq!(err.message, "expected a boolean (True/False/true/false), found 'maybe'");
         assert!(strict_bool(b"1", 1).is_err());
+        for (raw, expected) in [
+            (&b"true"[..], Some(true)),
+            (b"False", Some(false)),
+            (b"TRUE", None),
+            (b"tRUE", None),
+            (b"FALSE", None),
+            (b"Falsy", None),
+            (b"Tru", None),
+            (b"True ", None),
+            (b"4rue", None),
+            (b"Vrue", None),
+            (b"", None),
+            (b"Fals\xe5", None),
+        ] {
+            assert_eq!(strict_bool(raw, 1).ok(), expected, "{raw:?}");
+        }
         assert_eq!(lenient_bool(b"1", 1), Ok(true));
         assert_eq!(lenient_bool(b"0.0", 1), Ok(false));
         assert_eq!(parse_i64(b"-42"), Some(-42));
