@@ -12,10 +12,49 @@ const HASHER: ahash::RandomState = ahash::RandomState::with_seeds(
     0x082e_fa98_ec4e_6c89,
 );
 
-/// The (fixed-seed) hash of a key.
-#[inline]
+/// The (fixed-seed) hash of a key: AES rounds where the CPU has them, else ahash's portable
+/// hash. One process always takes the same branch, so every hash it compares agrees.
+#[inline(always)]
 pub(crate) fn hash(key: &[u8]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("aes") {
+        // SAFETY: the CPU has AES-NI (SSE2 is part of the x86-64 baseline).
+        return unsafe { hash_aes(key) };
+    }
     HASHER.hash_one(key)
+}
+
+/// One AES round for the length, one per 16-byte block of the key (the last block read whole,
+/// overlapping the one before; a key under 16 bytes is zero-padded), then two rounds to spread
+/// every input bit over the 64 bits returned.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "aes")]
+#[inline]
+unsafe fn hash_aes(key: &[u8]) -> u64 {
+    use std::arch::x86_64::*;
+    let n = key.len();
+    let round_key = _mm_set_epi64x(0xa409_3822_299f_31d0_u64 as i64, 0x082e_fa98_ec4e_6c89);
+    // The length goes through a round first, so it cannot cancel against the key bytes.
+    let seed = _mm_set_epi64x(0x243f_6a88_85a3_08d3, 0x1319_8a2e_0370_7344 ^ n as i64);
+    let mut state = _mm_aesenc_si128(seed, round_key);
+    // SAFETY (loads): each reads 16 bytes at an offset at most `n - 16`, or from `padded`.
+    let block = |i: usize| unsafe { _mm_loadu_si128(key.as_ptr().add(i) as *const __m128i) };
+    if n >= 16 {
+        let mut i = 0;
+        while i + 16 < n {
+            state = _mm_aesenc_si128(_mm_xor_si128(state, block(i)), round_key);
+            i += 16;
+        }
+        state = _mm_aesenc_si128(_mm_xor_si128(state, block(n - 16)), round_key);
+    } else {
+        let mut padded = [0u8; 16];
+        padded[..n].copy_from_slice(key);
+        let last = unsafe { _mm_loadu_si128(padded.as_ptr() as *const __m128i) };
+        state = _mm_aesenc_si128(_mm_xor_si128(state, last), round_key);
+    }
+    state = _mm_aesenc_si128(state, round_key);
+    state = _mm_aesenc_si128(state, round_key);
+    (_mm_cvtsi128_si64(state) ^ _mm_cvtsi128_si64(_mm_unpackhi_epi64(state, state))) as u64
 }
 
 /// Byte-string equality for short keys: keys up to 64 bytes are compared as a few overlapping
@@ -252,6 +291,30 @@ mod tests {
                 assert!(!same(x, &y), "length {n}, byte {i} differs");
             }
         }
+    }
+
+    #[test]
+    fn hash_depends_on_every_byte_and_the_length() {
+        let text: Vec<u8> = (0..=80u8).collect();
+        let mut seen = std::collections::HashSet::new();
+        let mut low_bits = std::collections::HashSet::new();
+        for n in 0..=80 {
+            let key = &text[..n];
+            let copy = key.to_vec();
+            assert_eq!(hash(key), hash(&copy), "length {n}: same key, same hash");
+            assert!(seen.insert(hash(key)), "length {n}");
+            low_bits.insert(hash(key) & 0xffff);
+            for i in 0..n {
+                let mut other = key.to_vec();
+                other[i] ^= 1;
+                assert!(seen.insert(hash(&other)), "length {n}, byte {i} changed");
+                low_bits.insert(hash(&other) & 0xffff);
+            }
+        }
+        // Slots come from the low bits: they must spread too.
+        assert!(low_bits.len() * 100 > seen.len() * 90, "{} of {}", low_bits.len(), seen.len());
+        // Zero padding of short keys does not make them equal to longer ones.
+        assert_ne!(hash(b"ab"), hash(b"ab\0"));
     }
 
     #[test]

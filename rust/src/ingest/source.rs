@@ -291,7 +291,7 @@ const REPORT_EVERY: usize = 1024;
 fn parse_plain(p: &mut ChunkParser, report: &mut impl FnMut(usize)) -> Option<u64> {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("popcnt") && std::arch::is_x86_feature_detected!("bmi1") {
-        if let Some(kernel) = scan::Avx512::detect() {
+        if let Some(kernel) = scan::Avx512::detect().filter(|_| std::arch::is_x86_feature_detected!("aes")) {
             // SAFETY: the CPU has the features the function is compiled for.
             return unsafe { parse_plain_avx512(p, report, kernel) };
         }
@@ -311,7 +311,7 @@ unsafe fn parse_plain_popcnt(p: &mut ChunkParser, report: &mut impl FnMut(usize)
 
 /// `scan_lines` with AVX-512BW block masks (one compare per 64 bytes and mark kind).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "popcnt,bmi1,avx512bw")]
+#[target_feature(enable = "popcnt,bmi1,avx512bw,aes")]
 unsafe fn parse_plain_avx512(p: &mut ChunkParser, report: &mut impl FnMut(usize), kernel: scan::Avx512) -> Option<u64> {
     scan_lines(p, report, kernel)
 }
