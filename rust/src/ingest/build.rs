@@ -334,7 +334,8 @@ fn splitmix(state: &mut u64) -> u64 {
 
 /// Applies the length rules, `require_skip` and the `max_sessions` sample (see [`Rules`]).
 pub(crate) fn filter(rows: &Rows, sessions: &[Session], rules: &Rules) -> Vec<Window> {
-    let mut out = Vec::new();
+    // Most sessions give one window (or none); cut ones grow the vector.
+    let mut out = Vec::with_capacity(sessions.len());
     for (s, sess) in sessions.iter().enumerate() {
         let len = sess.end - sess.start;
         let cut = rules.max_length.is_some_and(|m| len > m);
