@@ -163,7 +163,8 @@ pub fn run(paths: &[PathBuf], format: &Format, options: &Options, progress: &Ato
         progress.store(0, std::sync::atomic::Ordering::Relaxed);
         parsed = source::read_all(&files, format, options.skip_bad_rows, true, progress)?;
     }
-    let merged = build::merge(&parsed.chunks, keep_order);
+    let chunk_rows = parsed.chunks.iter_mut().map(source::Chunk::take_rows).collect();
+    let merged = build::merge(&parsed.chunks, chunk_rows, keep_order);
     let mut rows = merged.rows;
     let groups = build::group(&mut rows, &merged.runs, layout.consecutive);
     if layout.ordered && !sorted {

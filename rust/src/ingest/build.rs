@@ -7,7 +7,7 @@ use ahash::AHashMap;
 use rayon::prelude::*;
 
 use super::intern::{same, Table};
-use super::source::Chunk;
+use super::source::{Chunk, ChunkRows};
 use super::Rules;
 
 /// All rows in one place; `items` are raw ids (order of first appearance in the file).
@@ -55,8 +55,9 @@ pub(crate) fn runs_sorted(chunks: &[Chunk]) -> bool {
 /// local ids already follow it within the chunk, so the keys a chunk sees first are numbered
 /// after those of the chunks before it, in local order. Which keys those are is found in
 /// parallel shards (a key's shard follows from the hash its chunk computed); then rows are
-/// copied in parallel. `order` is left empty unless `keep_order`.
-pub(crate) fn merge(chunks: &[Chunk], keep_order: bool) -> Merged<'_> {
+/// copied in parallel from each chunk's `rows` (taken out of it, freed here once copied).
+/// `order` is left empty unless `keep_order`.
+pub(crate) fn merge(chunks: &[Chunk], rows: Vec<ChunkRows>, keep_order: bool) -> Merged<'_> {
     let shards = rayon::current_num_threads().max(1);
     let shard_of = |h: u64| (((h >> 32) * shards as u64) >> 32) as usize;
     // Each chunk key's id within its shard (times 2), plus 1 where the key is first seen.
@@ -142,47 +143,49 @@ pub(crate) fn merge(chunks: &[Chunk], keep_order: bool) -> Merged<'_> {
                 .collect()
         })
         .collect();
-    let total: usize = chunks.iter().map(|c| c.items.len()).sum();
+    let total: usize = rows.iter().map(|r| r.items.len()).sum();
     let mut items = vec![0u32; total];
-    split_like(&mut items, chunks).into_par_iter().zip(chunks.par_iter().zip(remaps.par_iter())).for_each(
-        |(out, (c, remap))| {
-            for (o, &local) in out.iter_mut().zip(&c.items) {
+    split_like(&mut items, &rows).into_par_iter().zip(rows.par_iter().zip(remaps.par_iter())).for_each(
+        |(out, (r, remap))| {
+            for (o, &local) in out.iter_mut().zip(&r.items) {
                 *o = remap[local as usize];
             }
         },
     );
     let mut skips = vec![0u8; total];
-    split_like(&mut skips, chunks)
+    split_like(&mut skips, &rows)
         .into_par_iter()
-        .zip(chunks.par_iter())
-        .for_each(|(out, c)| out.copy_from_slice(&c.skips));
+        .zip(rows.par_iter())
+        .for_each(|(out, r)| out.copy_from_slice(&r.skips));
     let mut order = vec![0i64; if keep_order { total } else { 0 }];
     if keep_order {
-        split_like(&mut order, chunks)
+        split_like(&mut order, &rows)
             .into_par_iter()
-            .zip(chunks.par_iter())
-            .for_each(|(out, c)| out.copy_from_slice(&c.order));
+            .zip(rows.par_iter())
+            .for_each(|(out, r)| out.copy_from_slice(&r.order));
     }
+    let chunk_rows: Vec<usize> = rows.iter().map(|r| r.items.len()).collect();
+    drop(rows);
     // Within a chunk, adjacent runs differ; a chunk's first run may continue the last one.
     let mut runs: Vec<(&[u8], usize)> = Vec::with_capacity(chunks.iter().map(|c| c.run_starts.len()).sum());
     let mut row = 0;
-    for c in chunks {
+    for (c, n) in chunks.iter().zip(chunk_rows) {
         for (r, &start) in c.run_starts.iter().enumerate() {
             let key = c.run_keys.get(r);
             if r > 0 || runs.last().is_none_or(|&(last, _)| last != key) {
                 runs.push((key, row + start as usize));
             }
         }
-        row += c.items.len();
+        row += n;
     }
     Merged { rows: Rows { items, skips, order, in_file_order: true }, raw_keys, runs }
 }
 
 /// `out` cut into one part per chunk, each as long as the chunk's rows.
-fn split_like<'o, T>(mut out: &'o mut [T], chunks: &[Chunk]) -> Vec<&'o mut [T]> {
-    let mut parts = Vec::with_capacity(chunks.len());
-    for c in chunks {
-        let (head, tail) = out.split_at_mut(c.items.len());
+fn split_like<'o, T>(mut out: &'o mut [T], rows: &[ChunkRows]) -> Vec<&'o mut [T]> {
+    let mut parts = Vec::with_capacity(rows.len());
+    for r in rows {
+        let (head, tail) = out.split_at_mut(r.items.len());
         parts.push(head);
         out = tail;
     }
@@ -597,9 +600,10 @@ mod tests {
             row("b", "t2") + &row("b", "t3"),
             row("b", "t2") + &row("c", "t4") + &row("c", "t1") + &row("c", "t5"),
         ];
-        let chunks: Vec<Chunk> =
+        let mut chunks: Vec<Chunk> =
             pieces.iter().map(|p| parse_chunk(p.as_bytes(), &parser, false, false, None)).collect();
-        let m = merge(&chunks, false);
+        let rows = chunks.iter_mut().map(Chunk::take_rows).collect();
+        let m = merge(&chunks, rows, false);
         assert_eq!(m.rows.items, vec![0, 1, 2, 0, 2, 3, 1, 4]);
         assert_eq!(m.raw_keys, vec![&b"t3"[..], b"t1", b"t2", b"t4", b"t5"]);
         assert!(m.rows.in_file_order);

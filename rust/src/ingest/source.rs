@@ -67,7 +67,22 @@ pub(crate) struct Chunk {
     pub error: Option<(u64, FieldError)>,
 }
 
+/// A chunk's per-row columns, moved out of it for the merge, which frees them once copied.
+pub(crate) struct ChunkRows {
+    pub items: Vec<u32>,
+    pub skips: Vec<u8>,
+    pub order: Vec<i64>,
+}
+
 impl Chunk {
+    pub fn take_rows(&mut self) -> ChunkRows {
+        ChunkRows {
+            items: std::mem::take(&mut self.items),
+            skips: std::mem::take(&mut self.skips),
+            order: std::mem::take(&mut self.order),
+        }
+    }
+
     pub fn error_at(&self, files: &[PathBuf]) -> Option<Error> {
         self.error.as_ref().map(|(line, e)| Error::Parse {
             at: Location { file: files[self.file].clone(), line: self.line0 + line + 1, column: e.column },
