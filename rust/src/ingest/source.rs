@@ -324,7 +324,8 @@ unsafe fn parse_plain_popcnt(p: &mut ChunkParser, report: &mut impl FnMut(usize)
     scan_lines(p, report, scan::Baseline)
 }
 
-/// `scan_lines` with AVX-512BW block masks (one compare per 64 bytes and mark kind).
+/// `scan_lines` with AVX-512BW block masks (one compare per 64 bytes and mark kind) and the
+/// key hash's AES rounds inlined.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "popcnt,bmi1,avx512bw,aes")]
 unsafe fn parse_plain_avx512(p: &mut ChunkParser, report: &mut impl FnMut(usize), kernel: scan::Avx512) -> Option<u64> {
