@@ -94,32 +94,37 @@ pub(crate) fn merge(chunks: &[Chunk], rows: Vec<ChunkRows>, keep_order: bool) ->
             firsts
         })
         .collect();
-    // Raw id of each key first seen in a chunk, counted from the chunk's base.
-    let (new_keys, mut local_raw): (Vec<Vec<&[u8]>>, Vec<Vec<u32>>) = chunks
+    // Keys first seen in each chunk, in local order; `rank[c][i]` = place of key `i` among
+    // them (meaningful for those keys only). A chunk's first-seen keys are numbered from the
+    // number seen in the chunks before it.
+    let (new_keys, rank): (Vec<Vec<&[u8]>>, Vec<Vec<u32>>) = chunks
         .par_iter()
         .zip(&in_shard)
         .map(|(c, tags)| {
             let mut new_keys = Vec::new();
-            let raw = tags
+            let rank = tags
                 .iter()
                 .enumerate()
                 .map(|(i, tag)| {
+                    let place = new_keys.len() as u32;
                     if tag.load(Ordering::Relaxed) & 1 == 1 {
                         new_keys.push(c.item_keys.get(i));
-                        new_keys.len() as u32 - 1
-                    } else {
-                        0
                     }
+                    place
                 })
                 .collect();
-            (new_keys, raw)
+            (new_keys, rank)
         })
         .unzip();
-    let mut base = 0u32;
-    for (keys, raw) in new_keys.iter().zip(&mut local_raw) {
-        raw.iter_mut().for_each(|r| *r += base);
-        base += keys.len() as u32;
-    }
+    let base: Vec<u32> = new_keys
+        .iter()
+        .scan(0u32, |seen, keys| {
+            let first = *seen;
+            *seen += keys.len() as u32;
+            Some(first)
+        })
+        .collect();
+    let raw_of = |c: usize, i: usize| base[c] + rank[c][i];
     let raw_keys: Vec<&[u8]> = new_keys.concat();
     let remaps: Vec<Vec<u32>> = chunks
         .par_iter()
@@ -134,10 +139,10 @@ pub(crate) fn merge(chunks: &[Chunk], rows: Vec<ChunkRows>, keep_order: bool) ->
                 .map(|(i, (&h, tag))| {
                     let tag = tag.load(Ordering::Relaxed);
                     if tag & 1 == 1 {
-                        local_raw[c][i]
+                        raw_of(c, i)
                     } else {
                         let (fc, fi) = firsts[shard_of(h)][(tag / 2) as usize];
-                        local_raw[fc as usize][fi as usize]
+                        raw_of(fc as usize, fi as usize)
                     }
                 })
                 .collect()
@@ -389,12 +394,6 @@ pub(crate) struct Encoded {
 /// when those rows are also in file order, raw ids already follow first appearance (see
 /// [`merge`]) and the internal id is the raw id plus 2.
 pub(crate) fn encode(rows: Rows, windows: &[Window], n_raw: usize, keep_times: bool) -> Encoded {
-    let whole = windows.first().map_or(rows.items.is_empty(), |w| w.start == 0)
-        && windows.windows(2).all(|p| p[0].end == p[1].start)
-        && windows.last().is_none_or(|w| w.end == rows.items.len());
-    if whole && rows.in_file_order {
-        return encode_in_file_order(rows, windows, n_raw, keep_times);
-    }
     let mut remap = vec![u32::MAX; n_raw];
     let mut vocab_raw = Vec::new();
     let mut counts = vec![0u64, 0u64];
@@ -410,10 +409,18 @@ pub(crate) fn encode(rows: Rows, windows: &[Window], n_raw: usize, keep_times: b
     };
     let mut offsets = Vec::with_capacity(windows.len() + 1);
     offsets.push(0i64);
+    let whole = windows.first().map_or(rows.items.is_empty(), |w| w.start == 0)
+        && windows.windows(2).all(|p| p[0].end == p[1].start)
+        && windows.last().is_none_or(|w| w.end == rows.items.len());
     if whole {
-        let Rows { mut items, skips, order, .. } = rows;
-        for item in &mut items {
-            *item = id_of(*item);
+        let Rows { mut items, skips, order, in_file_order } = rows;
+        if in_file_order {
+            counts = shift_and_count(&mut items, n_raw);
+            vocab_raw = (0..n_raw as u32).collect();
+        } else {
+            for item in &mut items {
+                *item = id_of(*item);
+            }
         }
         offsets.extend(windows.iter().map(|w| w.end as i64));
         let times = if keep_times { order } else { Vec::new() };
@@ -434,9 +441,9 @@ pub(crate) fn encode(rows: Rows, windows: &[Window], n_raw: usize, keep_times: b
     Encoded { offsets, items, skips, times, vocab_raw, counts }
 }
 
-/// `encode` of all rows, in file order: ids are raw ids plus 2, counted in parallel parts.
-fn encode_in_file_order(rows: Rows, windows: &[Window], n_raw: usize, keep_times: bool) -> Encoded {
-    let Rows { mut items, skips, order, .. } = rows;
+/// Adds 2 to every raw id (numbered by first appearance) and counts the plays of each internal
+/// id, in parallel parts.
+fn shift_and_count(items: &mut [u32], n_raw: usize) -> Vec<u64> {
     let part = items.len().div_ceil(rayon::current_num_threads().max(1)).max(1);
     let part_counts: Vec<Vec<u32>> = items
         .par_chunks_mut(part)
@@ -451,11 +458,7 @@ fn encode_in_file_order(rows: Rows, windows: &[Window], n_raw: usize, keep_times
         .collect();
     let mut counts = vec![0u64; n_raw + 2];
     counts.par_iter_mut().enumerate().for_each(|(id, c)| *c = part_counts.iter().map(|p| p[id] as u64).sum());
-    let mut offsets = Vec::with_capacity(windows.len() + 1);
-    offsets.push(0i64);
-    offsets.extend(windows.iter().map(|w| w.end as i64));
-    let times = if keep_times { order } else { Vec::new() };
-    Encoded { offsets, items, skips, times, vocab_raw: (0..n_raw as u32).collect(), counts }
+    counts
 }
 
 #[cfg(test)]

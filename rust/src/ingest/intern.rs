@@ -121,7 +121,7 @@ pub(crate) struct Vacant {
 const VALUE_BITS: u32 = 40;
 const VALUE_MASK: u64 = (1 << VALUE_BITS) - 1;
 /// Largest value a slot holds.
-pub(crate) const MAX_VALUE: u64 = VALUE_MASK - 1;
+const MAX_VALUE: u64 = VALUE_MASK - 1;
 
 impl Table {
     pub fn new() -> Self {

@@ -341,10 +341,19 @@ struct LineFields<'e> {
 }
 
 impl LineFields<'_> {
+    /// Where field `i` starts (needs only the ends of the fields before it).
+    #[inline(always)]
+    fn start_of(self, i: usize) -> usize {
+        if i == 0 {
+            self.start
+        } else {
+            self.ends[i - 1] + 1
+        }
+    }
+
     #[inline(always)]
     fn span(self, i: usize) -> Span {
-        let start = if i == 0 { self.start } else { self.ends[i - 1] + 1 };
-        Span { start, end: self.ends[i], escaped: false }
+        Span { start: self.start_of(i), end: self.ends[i], escaped: false }
     }
 }
 
@@ -374,7 +383,7 @@ fn scan_lines(p: &mut ChunkParser, report: &mut impl FnMut(usize), kernel: impl 
         let count = written + more + 1;
         if written < needed {
             // The last field ends the line.
-            let field_start = if written == 0 { start } else { ends[written - 1] + 1 };
+            let field_start = LineFields { start, ends }.start_of(written);
             ends[written] = trim_cr(data, end, start).max(field_start);
         }
         if marks.quoted() {
