@@ -31,7 +31,7 @@ def ingest(
     require_skip: bool = False,
     max_sessions: int | None = None,
     seed: int = 0,
-    session_gap: int = 1800,
+    session_gap: int | None = 1800,
     split: str = "leave-last-out",
     valid_fraction: float = 0.1,
     test_fraction: float = 0.1,
@@ -73,7 +73,8 @@ class NegativeSampler:
     def vocab_size(self) -> int: ...
     def sample(
         self, exclude: NDArray[np.int64], k: int, *, epoch: int = 0, rank: int = 0, batch_index: int = 0
-    ) -> tuple[NDArray[np.int64], NDArray[np.float32]]: ...
+    ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """(ids, log_pi): k distinct ids outside `exclude` and their log inclusion probabilities."""
     def log_prob(self, ids: NDArray[np.int64]) -> NDArray[np.float32]: ...
 
 class BatchLoader:
@@ -97,6 +98,8 @@ class BatchLoader:
         shuffle: bool = True,
         drop_last: bool = False,
         prefetch: int = 4,
+        windows: str = "all",
+        exclude: str = "all",
     ) -> None: ...
     def __len__(self) -> int: ...
     @property
@@ -104,7 +107,8 @@ class BatchLoader:
     @property
     def train_item_counts(self) -> NDArray[np.uint64]:
         """Read-only plays of each id before train_end; popularity uses them unless item_counts is given."""
-    def shard(self, epoch: int) -> NDArray[np.uint32]: ...
+    def shard(self, epoch: int) -> tuple[NDArray[np.uint32], NDArray[np.uint32]]:
+        """This rank's examples in batch order: (session indices, window ends)."""
     def epoch(self, epoch: int, start_batch: int = 0) -> EpochIterator: ...
 
 class EpochIterator:
@@ -139,6 +143,7 @@ def generate_mssd(
     max_length: int,
     zipf_exponent: float,
     seed: int,
+    chart_exponent: float = 0.0,
     n_threads: int = 0,
 ) -> int: ...
 def synth_track_ids(n_items: int) -> list[str]: ...

@@ -29,8 +29,8 @@ class Batch:
 
     items: torch.Tensor  # int64 [B, seq_len], left-padded with 0
     skips: torch.Tensor  # bool [B, seq_len], True = skipped
-    negatives: torch.Tensor  # int64 [K], distinct, not reserved, not among `items`
-    neg_logq: torch.Tensor  # float32 [K], log sampling probability of each negative
+    negatives: torch.Tensor  # int64 [K], distinct, not reserved, not among the excluded `items`
+    neg_logq: torch.Tensor  # float32 [K], log inclusion probability (chance to be among the K)
     sessions: torch.Tensor  # int64 [B], session index of each row
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
@@ -68,9 +68,15 @@ def _counts(item_counts: Any) -> np.ndarray | None:
 
 
 class NegativeSampler:
-    """K distinct negatives per batch, uniform or ∝ count^alpha, with their log q.
+    """K distinct negatives per batch, uniform or ∝ count^alpha, with their log inclusion
+    probabilities.
 
-    Ids below 2 (padding, mask) are never drawn; ``vocab_size`` counts them.
+    The K ids are drawn without replacement from q restricted to the ids not excluded; the
+    inclusion probability pi_c of id c is its chance to be among them: exactly
+    K / n_allowed for uniform, the successive-sampling (Poisson) approximation
+    ``1 - exp(-lambda q'_c)`` for popularity (q' = q renormalised over the allowed ids,
+    lambda such that the pi sum to K). Ids below 2 (padding, mask) are never drawn;
+    ``vocab_size`` counts them.
     """
 
     def __init__(
@@ -97,10 +103,12 @@ class NegativeSampler:
     def sample(
         self, exclude: Any, k: int = 1000, *, epoch: int = 0, rank: int = 0, batch_index: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ids int64 [k], logq float32 [k]), none of them in `exclude` (ids < 2 there are ignored).
+        """(ids int64 [k], log_pi float32 [k]), none of them in `exclude` (ids < 2 there are
+        ignored); log_pi is each id's log inclusion probability given `exclude`.
 
         Equal to the negatives `BatchLoader` draws for the same seed, epoch, rank and batch
-        when `exclude` is that batch's items.
+        when `exclude` is that batch's excluded items (all of them, or ``items[~skips]``
+        under ``exclude="kept"``).
         """
         ids, logq = self._core.sample(
             _array(exclude, np.int64, "exclude"), k, epoch=epoch, rank=rank, batch_index=batch_index
@@ -118,10 +126,16 @@ class BatchLoader:
 
     `data` is any object with ``offsets``, ``items``, ``skips``, ``train_end`` and
     ``vocab_size``, such as `negrec_fast.data.SessionDataset`; or pass those arrays as
-    keywords. Each example is the last `seq_len` training plays of a session with
-    ``train_end >= 2``, left-padded. With ``world_size > 1``, each rank gets every
-    ``world_size``-th example of the shared epoch order; under ``drop_last`` every rank
-    gets the same number of full batches.
+    keywords. An example is a window of `seq_len` training plays of a session with
+    ``train_end >= 2``, left-padded. ``windows="all"`` tiles each session's training plays
+    ``[0, train_end)`` into windows ending at ``train_end``, ``train_end - (seq_len - 1)``,
+    ... (while the end is >= 2), so that with targets ``items[:, 1:]`` every training play
+    but a session's first is a target once per epoch; ``windows="last"`` keeps the last
+    window only. Windows of all sessions are shuffled together. ``exclude="all"`` draws
+    the negatives apart from every item of the batch, ``exclude="kept"`` only from its
+    non-skipped ones (skipped items can then be negatives). With ``world_size > 1``, each
+    rank gets every ``world_size``-th example of the shared epoch order; under
+    ``drop_last`` every rank gets the same number of full batches.
 
     The popularity distribution uses `train_item_counts` (plays before ``train_end``, so
     held-out targets do not shape the negatives) unless `item_counts` is given.
@@ -153,6 +167,8 @@ class BatchLoader:
         shuffle: bool = True,
         drop_last: bool = False,
         prefetch: int = 4,
+        windows: str = "all",
+        exclude: str = "all",
     ) -> None:
         arrays = {"offsets": offsets, "items": items, "skips": skips, "train_end": train_end}
         if data is not None:
@@ -187,6 +203,8 @@ class BatchLoader:
             shuffle=shuffle,
             drop_last=drop_last,
             prefetch=prefetch,
+            windows=windows,
+            exclude=exclude,
         )
 
     def __len__(self) -> int:
@@ -195,7 +213,7 @@ class BatchLoader:
 
     @property
     def n_examples(self) -> int:
-        """Training examples over all ranks."""
+        """Training examples (windows) over all ranks."""
         return self._core.n_examples
 
     @property

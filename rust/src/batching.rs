@@ -1,8 +1,9 @@
 //! Training batches: left-padded windows of session prefixes plus per-batch negatives,
 //! built ahead of the consumer by a background thread.
 //!
-//! The epoch order is a permutation keyed by `(seed, epoch)`, the same on every rank, then
-//! sharded by striding (`rank, rank + world_size, ...`); negatives are keyed by
+//! An example is one window of a session's training prefix (see [`Windows`]). The epoch
+//! order is a permutation of all examples keyed by `(seed, epoch)`, the same on every rank,
+//! then sharded by striding (`rank, rank + world_size, ...`); negatives are keyed by
 //! `(seed, epoch, rank, batch_index)`. Batches are thus the same whatever the prefetch depth
 //! and wherever an epoch is resumed.
 
@@ -118,6 +119,55 @@ impl Sessions {
     }
 }
 
+/// Which windows of a session's training prefix `[0, train_end)` are examples.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Windows {
+    /// Tiles of `seq_len` plays ending at `train_end`, `train_end - (seq_len - 1)`, ... (while
+    /// the end is >= 2), so that every training play but the first is a target
+    /// (`x[:, 1:]`) in exactly one window per epoch.
+    All,
+    /// The last `seq_len` plays only.
+    Last,
+}
+
+impl Windows {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "all" => Ok(Windows::All),
+            "last" => Ok(Windows::Last),
+            other => Err(Error::Config(format!("windows must be 'all' or 'last', got {other:?}"))),
+        }
+    }
+}
+
+/// Which of a batch's items the negatives are drawn apart from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exclude {
+    /// Every item of the batch.
+    All,
+    /// Its non-skipped items only (the possible positives when skipped plays are not
+    /// targets), so that skipped items can be drawn as negatives.
+    Kept,
+}
+
+impl Exclude {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "all" => Ok(Exclude::All),
+            "kept" => Ok(Exclude::Kept),
+            other => Err(Error::Config(format!("exclude must be 'all' or 'kept', got {other:?}"))),
+        }
+    }
+}
+
+/// One example: the window of session `session` that ends at play `end` (exclusive,
+/// counted from the session's start).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Example {
+    pub session: u32,
+    pub end: u32,
+}
+
 /// Shape and order of the batches.
 #[derive(Clone, Debug)]
 pub struct LoaderConfig {
@@ -131,6 +181,8 @@ pub struct LoaderConfig {
     pub drop_last: bool,
     /// How many batches the background thread may build ahead.
     pub prefetch: usize,
+    pub windows: Windows,
+    pub exclude: Exclude,
 }
 
 impl Default for LoaderConfig {
@@ -145,6 +197,8 @@ impl Default for LoaderConfig {
             shuffle: true,
             drop_last: false,
             prefetch: 4,
+            windows: Windows::All,
+            exclude: Exclude::All,
         }
     }
 }
@@ -158,9 +212,9 @@ pub struct Batch {
     pub items: Vec<i64>,
     /// `[rows, seq_len]`, false on padding.
     pub skips: Vec<bool>,
-    /// `[K]` distinct ids, none reserved, none among `items`.
+    /// `[K]` distinct ids, none reserved, none among the excluded `items` (see [`Exclude`]).
     pub negatives: Vec<i64>,
-    /// `[K]` log q of each negative.
+    /// `[K]` log inclusion probability of each negative (its chance to be among the K).
     pub neg_logq: Vec<f32>,
     /// `[rows]` session index of each row.
     pub sessions: Vec<i64>,
@@ -168,8 +222,8 @@ pub struct Batch {
 
 struct Inner {
     sessions: Sessions,
-    /// Sessions with at least two training plays, in dataset order.
-    examples: Vec<u32>,
+    /// Windows of sessions with at least two training plays, in dataset order.
+    examples: Vec<Example>,
     sampler: NegativeSampler,
     config: LoaderConfig,
 }
@@ -225,11 +279,11 @@ impl BatchLoader {
     /// Checks `config` against the limits (see [`check_config`]) and the sampler.
     pub fn new(sessions: Sessions, sampler: NegativeSampler, config: LoaderConfig) -> Result<Self> {
         check_config(&config, &sampler)?;
-        let examples = (0..sessions.len() as u32).filter(|&s| sessions.train_end[s as usize] >= 2).collect();
+        let examples = examples(&sessions.train_end, config.seq_len - 1, config.windows);
         Ok(BatchLoader { inner: Arc::new(Inner { sessions, examples, sampler, config }) })
     }
 
-    /// Training examples over all ranks (sessions with `train_end >= 2`).
+    /// Training examples (windows) over all ranks.
     pub fn n_examples(&self) -> usize {
         self.inner.examples.len()
     }
@@ -261,8 +315,8 @@ impl BatchLoader {
         }
     }
 
-    /// This rank's session indices for `epoch`, in order.
-    pub fn shard(&self, epoch: u64) -> Vec<u32> {
+    /// This rank's examples for `epoch`, in order.
+    pub fn shard(&self, epoch: u64) -> Vec<Example> {
         let inner = &self.inner;
         let mut order = inner.examples.clone();
         if inner.config.shuffle {
@@ -292,15 +346,32 @@ impl BatchLoader {
     }
 }
 
+/// The examples of every session with `train_end >= 2`, in dataset order, each session's
+/// windows from the last one back; windows step back by `stride = seq_len - 1` plays.
+fn examples(train_end: &[i32], stride: usize, windows: Windows) -> Vec<Example> {
+    let mut out = Vec::new();
+    for (s, &end) in train_end.iter().enumerate() {
+        let mut end = end as usize;
+        while end >= 2 {
+            out.push(Example { session: s as u32, end: end as u32 });
+            if windows == Windows::Last || end < stride + 2 {
+                break;
+            }
+            end -= stride;
+        }
+    }
+    out
+}
+
 impl Inner {
-    fn build(&self, shard: &[u32], epoch: u64, b: usize, scratch: &mut Scratch) -> Result<Batch> {
+    fn build(&self, shard: &[Example], epoch: u64, b: usize, scratch: &mut Scratch) -> Result<Batch> {
         let (bs, len) = (self.config.batch_size, self.config.seq_len);
         let rows = &shard[b * bs..((b + 1) * bs).min(shard.len())];
         let mut items = vec![0i64; rows.len() * len];
         let mut skips = vec![false; rows.len() * len];
-        for (r, &s) in rows.iter().enumerate() {
-            let start = self.sessions.offsets[s as usize] as usize;
-            let end = start + self.sessions.train_end[s as usize] as usize;
+        for (r, example) in rows.iter().enumerate() {
+            let start = self.sessions.offsets[example.session as usize] as usize;
+            let end = start + example.end as usize;
             let from = end.saturating_sub(len).max(start);
             let pad = len - (end - from);
             let row = r * len + pad..(r + 1) * len;
@@ -314,8 +385,16 @@ impl Inner {
         let k = self.config.n_negatives;
         let (mut negatives, mut neg_logq) = (Vec::new(), Vec::new());
         let mut rng = self.sampler.batch_rng(epoch, self.config.rank as u64, b as u64);
+        let kept: Vec<i64>;
+        let exclude = match self.config.exclude {
+            Exclude::All => &items,
+            Exclude::Kept => {
+                kept = items.iter().zip(&skips).filter(|&(_, &skip)| !skip).map(|(&id, _)| id).collect();
+                &kept
+            }
+        };
         self.sampler
-            .sample_into(&items, k, &mut rng, scratch, &mut negatives, &mut neg_logq)
+            .sample_into(exclude, k, &mut rng, scratch, &mut negatives, &mut neg_logq)
             .map_err(|e| Error::Config(format!("epoch {epoch}, batch {b}: {e}")))?;
         Ok(Batch {
             rows: rows.len(),
@@ -324,7 +403,7 @@ impl Inner {
             skips,
             negatives,
             neg_logq,
-            sessions: rows.iter().map(|&s| s as i64).collect(),
+            sessions: rows.iter().map(|example| example.session as i64).collect(),
         })
     }
 }
@@ -495,9 +574,9 @@ mod tests {
     }
 
     #[test]
-    fn rows_are_left_padded_suffixes_of_the_training_prefix() {
+    fn last_windows_are_left_padded_suffixes_of_the_training_prefix() {
         let data = sessions();
-        let l = loader(LoaderConfig { shuffle: false, ..small() });
+        let l = loader(LoaderConfig { shuffle: false, windows: Windows::Last, ..small() });
         let batches = collect(&l, 0, 0);
         assert_eq!(batches.len(), l.len());
         for batch in &batches {
@@ -521,20 +600,110 @@ mod tests {
         }
     }
 
+    /// Sessions of 0..=13 plays, `train_end` from the whole session down to 3 plays less;
+    /// every play has its own id (`2 +` its index in `items`), so a row names its plays.
+    fn unique_plays() -> (Sessions, usize) {
+        let mut offsets = vec![0i64];
+        let mut train_end = vec![];
+        for s in 0..40u32 {
+            let n = (s * 5) % 14;
+            offsets.push(offsets.last().unwrap() + n as i64);
+            train_end.push(n.saturating_sub(s % 4) as i32);
+        }
+        let n = *offsets.last().unwrap() as u32;
+        let skips = (0..n).map(|i| (i % 3 == 0) as u8).collect();
+        let vocab = n as usize + 2;
+        (Sessions::new(offsets, (2..n + 2).collect(), skips, train_end, vocab).unwrap(), vocab)
+    }
+
+    #[test]
+    fn all_windows_make_every_training_play_a_target_once_per_epoch() {
+        let (data, vocab) = unique_plays();
+        // Reference, from the definition: plays 1..train_end of each session.
+        let mut expected = Vec::new();
+        for s in 0..data.len() {
+            let start = data.offsets[s] as u32;
+            expected.extend((1..data.train_end[s] as u32).map(|p| 2 + start + p));
+        }
+        expected.sort_unstable();
+        for (seq_len, batch_size, epoch) in [(5, 3, 0), (2, 7, 1), (4, 1, 2), (20, 4, 3)] {
+            let sampler = NegativeSampler::new(vocab, Distribution::Uniform, None, 0).unwrap();
+            let config = LoaderConfig { batch_size, seq_len, n_negatives: 3, ..Default::default() };
+            let l = BatchLoader::new(unique_plays().0, sampler, config).unwrap();
+            let mut targets = Vec::new();
+            for batch in collect(&l, epoch, 0) {
+                for (r, &s) in batch.sessions.iter().enumerate() {
+                    let row = &batch.items[r * seq_len..(r + 1) * seq_len];
+                    let first = 2 + data.offsets[s as usize];
+                    let last = first + data.train_end[s as usize] as i64;
+                    for w in row.windows(2) {
+                        // the first play of a left-padded row has no input: not a target
+                        if w[0] != 0 {
+                            assert!(w[1] == w[0] + 1 && w[1] < last, "row {row:?} of session {s}");
+                            targets.push(w[1] as u32);
+                        }
+                    }
+                    // rows are contiguous plays of their session, left-padded only at its start
+                    let plays: Vec<i64> = row.iter().copied().filter(|&id| id != 0).collect();
+                    assert!(plays[0] >= first && (plays.len() == seq_len || plays[0] == first), "{row:?}");
+                }
+            }
+            targets.sort_unstable();
+            assert_eq!(targets, expected, "seq_len {seq_len}");
+        }
+    }
+
     #[test]
     fn sharding_covers_every_example_once() {
         let base = loader(small());
-        let expected: HashSet<u32> = base.inner.examples.iter().copied().collect();
-        assert_eq!(base.n_examples(), 20); // 23 sessions minus sessions 0, 8, 16 (train_end < 2)
+        let expected: HashSet<Example> = base.inner.examples.iter().copied().collect();
+        // Windows ending at train_end, train_end - 4, ... >= 2: 3 sessions have train_end < 2,
+        // 13 have 2..=5 training plays (one window) and 7 have 6..=8 (two windows).
+        assert_eq!(base.n_examples(), 27);
+        assert_eq!(loader(LoaderConfig { windows: Windows::Last, ..small() }).n_examples(), 20);
         let mut seen = Vec::new();
         for rank in 0..3 {
             let l = loader(LoaderConfig { rank, world_size: 3, ..small() });
             let batches = collect(&l, 2, 0);
             assert_eq!(batches.len(), l.len());
-            seen.extend(batches.iter().flat_map(|b| b.sessions.iter().map(|&s| s as u32)));
+            let shard = l.shard(2);
+            let sessions: Vec<i64> = batches.iter().flat_map(|b| b.sessions.iter().copied()).collect();
+            assert_eq!(sessions, shard.iter().map(|e| e.session as i64).collect::<Vec<_>>());
+            seen.extend(shard);
         }
         assert_eq!(seen.len(), expected.len());
         assert_eq!(seen.into_iter().collect::<HashSet<_>>(), expected);
+    }
+
+    #[test]
+    fn kept_exclusion_lets_skipped_items_be_negatives() {
+        // One session: kept plays of 2 and 3, skipped plays of 4..=9, in a catalogue 2..12.
+        let items = vec![2, 4, 3, 5, 6, 7, 8, 9];
+        let skips = vec![0, 1, 0, 1, 1, 1, 1, 1];
+        let data = || Sessions::new(vec![0, 8], items.clone(), skips.clone(), vec![8], 12).unwrap();
+        let config = |exclude, n_negatives| LoaderConfig {
+            batch_size: 1,
+            seq_len: 8,
+            n_negatives,
+            exclude,
+            ..Default::default()
+        };
+        let sampler = || NegativeSampler::new(12, Distribution::Uniform, None, 0).unwrap();
+        let kept = BatchLoader::new(data(), sampler(), config(Exclude::Kept, 4)).unwrap();
+        let mut drawn = HashSet::new();
+        for epoch in 0..20 {
+            let batch = collect(&kept, epoch, 0).remove(0);
+            assert!(batch.negatives.iter().all(|&id| id > 3), "{:?}", batch.negatives);
+            // 4 draws among the 8 allowed ids 4..=11
+            assert!(batch.neg_logq.iter().all(|&l| (l - 0.5f32.ln()).abs() < 1e-6));
+            drawn.extend(batch.negatives);
+        }
+        assert!(drawn.iter().any(|&id| id <= 9), "no skipped item was ever drawn");
+        // Excluding every item leaves 10 and 11, each drawn for sure.
+        let all = BatchLoader::new(data(), sampler(), config(Exclude::All, 2)).unwrap();
+        let batch = collect(&all, 0, 0).remove(0);
+        assert_eq!(batch.negatives.iter().copied().collect::<HashSet<_>>(), HashSet::from([10, 11]));
+        assert_eq!(batch.neg_logq, vec![0.0, 0.0]);
     }
 
     #[test]
@@ -542,7 +711,7 @@ mod tests {
         for rank in 0..4 {
             let l = loader(LoaderConfig { rank, world_size: 4, drop_last: true, ..small() });
             let batches = collect(&l, 0, 0);
-            assert_eq!(batches.len(), 1); // 20 examples / 4 ranks = 5 each = one full batch of 4
+            assert_eq!(batches.len(), 1); // 27 examples / 4 ranks = 6 each = one full batch of 4
             assert!(batches.iter().all(|b| b.rows == 4));
         }
     }

@@ -1,11 +1,12 @@
-//! Negative sampling: K distinct catalogue items per batch, none reserved and none among the
-//! batch's own items, with their log-probabilities under the sampling distribution (for the
-//! logQ correction of sampled softmax).
+//! Negative sampling: K distinct catalogue items per batch, none reserved and none in the
+//! batch's exclusion set, with the log of their inclusion probabilities (for the logQ
+//! correction of sampled softmax).
 //!
 //! Draws come from a stream keyed by `(seed, epoch, rank, batch_index)`, so they are the
 //! same whatever thread runs them and whenever.
 
 mod alias;
+mod inclusion;
 mod popularity;
 pub mod rng;
 
@@ -48,11 +49,8 @@ enum Table {
     Uniform {
         logq: f32,
     },
-    /// `classes` draws real items (id minus [`N_RESERVED`]); `logq` is per real item.
-    Popularity {
-        classes: CountClasses,
-        logq: Vec<f32>,
-    },
+    /// Draws real items (id minus [`N_RESERVED`]) by count class.
+    Popularity(CountClasses),
 }
 
 /// Draws negatives from a catalogue of `vocab_size` ids (the first [`N_RESERVED`] excluded).
@@ -64,18 +62,20 @@ pub struct NegativeSampler {
     table: Table,
 }
 
-/// Reusable per-thread work space (a bitset over the catalogue, all zero between calls).
+/// Reusable per-thread work space; `bits` and `excluded` are all zero between calls.
 #[derive(Default)]
 pub struct Scratch {
+    /// A bitset over the catalogue: excluded and drawn ids.
     bits: Vec<u64>,
+    /// Excluded items of each popularity class.
+    excluded: Vec<u32>,
+    /// `(allowed members, q)` of each popularity class with allowed members.
+    terms: Vec<(f64, f64)>,
+    /// `ln pi` of each class (one entry for uniform).
+    log_pi: Vec<f32>,
 }
 
 impl Scratch {
-    #[inline]
-    fn set(&mut self, id: u32) {
-        self.bits[(id >> 6) as usize] |= 1u64 << (id & 63);
-    }
-
     #[inline]
     fn test_and_set(&mut self, id: u32) -> bool {
         let word = &mut self.bits[(id >> 6) as usize];
@@ -83,6 +83,21 @@ impl Scratch {
         let was = *word & mask != 0;
         *word |= mask;
         was
+    }
+
+    #[inline]
+    fn is_set(&self, id: u32) -> bool {
+        self.bits[(id >> 6) as usize] & (1u64 << (id & 63)) != 0
+    }
+
+    /// Restores the all-zero invariant after a call.
+    fn reset(&mut self, exclude: &[i64], drawn: &[i64]) {
+        for ids in [exclude, drawn] {
+            for &id in ids {
+                self.bits[(id as u64 >> 6) as usize] = 0;
+            }
+        }
+        self.excluded.fill(0);
     }
 }
 
@@ -102,7 +117,9 @@ impl NegativeSampler {
                         counts.len()
                     )));
                 }
-                popularity_table(&counts[N_RESERVED as usize..], alpha)?
+                let classes = popularity_classes(&counts[N_RESERVED as usize..], alpha)?;
+                let n_positive = classes.n_items();
+                (Table::Popularity(classes), n_positive)
             }
         };
         Ok(NegativeSampler { vocab_size: vocab_size as u32, seed, n_positive, table })
@@ -125,29 +142,39 @@ impl NegativeSampler {
         Ok(ids.iter().map(|&id| self.logq(id as u32)).collect())
     }
 
+    /// Class of a sampleable id (0 for every id under uniform), `None` for the others.
     #[inline]
-    fn logq(&self, id: u32) -> f32 {
+    fn class(&self, id: u32) -> Option<u32> {
         if id < N_RESERVED {
-            return f32::NEG_INFINITY;
+            return None;
         }
         match &self.table {
-            Table::Uniform { logq } => *logq,
-            Table::Popularity { logq, .. } => logq[(id - N_RESERVED) as usize],
+            Table::Uniform { .. } => Some(0),
+            Table::Popularity(classes) => classes.class_of(id - N_RESERVED),
+        }
+    }
+
+    #[inline]
+    fn logq(&self, id: u32) -> f32 {
+        match (&self.table, self.class(id)) {
+            (_, None) => f32::NEG_INFINITY,
+            (Table::Uniform { logq }, _) => *logq,
+            (Table::Popularity(classes), Some(c)) => classes.logq(c as usize),
         }
     }
 
     /// Fills `ids` with independent draws from the distribution (with replacement) and
-    /// `logq` with their log-probabilities.
+    /// `classes` with their classes.
     #[inline]
-    fn draw_many(&self, rng: &mut Rng, ids: &mut [u32], logq: &mut [f32]) {
+    fn draw_many(&self, rng: &mut Rng, ids: &mut [u32], classes: &mut [u32]) {
         match &self.table {
-            Table::Uniform { logq: uniform } => {
+            Table::Uniform { .. } => {
                 let n = (self.vocab_size - N_RESERVED) as u64;
                 ids.iter_mut().for_each(|id| *id = N_RESERVED + rng.below(n) as u32);
-                logq.fill(*uniform);
+                classes.fill(0);
             }
-            Table::Popularity { classes, .. } => {
-                classes.draw_many(rng, ids, logq);
+            Table::Popularity(table) => {
+                table.draw_many(rng, ids, classes);
                 ids.iter_mut().for_each(|id| *id += N_RESERVED);
             }
         }
@@ -168,18 +195,21 @@ impl NegativeSampler {
         batch_index: u64,
     ) -> Result<(Vec<i64>, Vec<f32>)> {
         let mut scratch = Scratch::default();
-        let (mut ids, mut logq) = (Vec::new(), Vec::new());
+        let (mut ids, mut log_pi) = (Vec::new(), Vec::new());
         let mut rng = self.batch_rng(epoch, rank, batch_index);
-        self.sample_into(exclude, k, &mut rng, &mut scratch, &mut ids, &mut logq)?;
-        Ok((ids, logq))
+        self.sample_into(exclude, k, &mut rng, &mut scratch, &mut ids, &mut log_pi)?;
+        Ok((ids, log_pi))
     }
 
-    /// Fills `ids`/`logq` with `k` distinct ids that are neither reserved nor in `exclude`
-    /// (ids `< N_RESERVED` in `exclude`, such as padding, are ignored).
+    /// Fills `ids` with `k` distinct ids that are neither reserved nor in `exclude` (ids
+    /// `< N_RESERVED` in `exclude`, such as padding, are ignored), and `log_pi` with the log
+    /// of each one's inclusion probability: the chance that it is among the `k` draws.
     ///
-    /// Rejection sampling (sequential draws without replacement); if that needs far more
-    /// draws than `k`, the remaining ones come from an exact Gumbel-top-k pass over the
-    /// catalogue, which draws from the same law, so this never hangs.
+    /// Rejection sampling (sequential draws without replacement from `q` restricted to the
+    /// allowed ids); if that needs far more draws than `k`, the remaining ones come from an
+    /// exact Gumbel-top-k pass over the catalogue, which draws from the same law, so this
+    /// never hangs. `pi` is exact for uniform (`k / n_allowed`) and the Poisson approximation
+    /// of [`inclusion`] for popularity, solved once per call over the count classes.
     pub fn sample_into(
         &self,
         exclude: &[i64],
@@ -187,48 +217,56 @@ impl NegativeSampler {
         rng: &mut Rng,
         scratch: &mut Scratch,
         ids: &mut Vec<i64>,
-        logq: &mut Vec<f32>,
+        log_pi: &mut Vec<f32>,
     ) -> Result<()> {
         ids.clear();
-        logq.clear();
+        log_pi.clear();
         if k > self.n_positive {
             return Err(self.too_many(k, self.n_positive, 0));
         }
         ids.reserve(k);
-        logq.reserve(k);
+        log_pi.reserve(k);
         let words = (self.vocab_size as usize).div_ceil(64);
         if scratch.bits.len() != words {
             scratch.bits = vec![0; words];
         }
+        let n_classes = match &self.table {
+            Table::Uniform { .. } => 1,
+            Table::Popularity(classes) => classes.len(),
+        };
+        if scratch.excluded.len() != n_classes {
+            scratch.excluded = vec![0; n_classes];
+        }
+        let mut n_excluded = 0;
         for (pos, &id) in exclude.iter().enumerate() {
             if id as u64 >= self.vocab_size as u64 {
-                clear(scratch, &exclude[..pos], &[]);
+                scratch.reset(&exclude[..pos], &[]);
                 return check_ids(exclude, self.vocab_size, "exclude");
             }
-            scratch.set(id as u32); // reserved ids too: they are never drawn anyway
-        }
-        if k + exclude.len() > self.n_positive {
-            // Exact count only when the cheap bound fails: repeated ids and excluded ids of
-            // probability 0 do not shrink the pool.
-            let n_allowed = self.n_positive
-                - (N_RESERVED..self.vocab_size)
-                    .filter(|&id| is_set(scratch, id) && self.logq(id) > f32::NEG_INFINITY)
-                    .count();
-            if k > n_allowed {
-                clear(scratch, exclude, &[]);
-                return Err(self.too_many(k, n_allowed, self.n_positive - n_allowed));
+            // Reserved ids are marked too: they are never drawn anyway.
+            if !scratch.test_and_set(id as u32) {
+                if let Some(class) = self.class(id as u32) {
+                    scratch.excluded[class as usize] += 1;
+                    n_excluded += 1;
+                }
             }
         }
+        let n_allowed = self.n_positive - n_excluded;
+        if k > n_allowed {
+            scratch.reset(exclude, &[]);
+            return Err(self.too_many(k, n_allowed, n_excluded));
+        }
+        self.inclusion_log_probs(k, n_allowed, scratch);
         let budget = 32 * k + 4096;
         let mut draws = 0;
-        let (mut block, mut block_logq) = ([0u32; DRAW_BLOCK], [0f32; DRAW_BLOCK]);
+        let (mut block, mut classes) = ([0u32; DRAW_BLOCK], [0u32; DRAW_BLOCK]);
         'draw: while ids.len() < k && draws < budget {
             draws += DRAW_BLOCK;
-            self.draw_many(rng, &mut block, &mut block_logq);
-            for (&id, &lq) in block.iter().zip(&block_logq) {
+            self.draw_many(rng, &mut block, &mut classes);
+            for (&id, &class) in block.iter().zip(&classes) {
                 if !scratch.test_and_set(id) {
                     ids.push(id as i64);
-                    logq.push(lq);
+                    log_pi.push(scratch.log_pi[class as usize]);
                     if ids.len() == k {
                         break 'draw;
                     }
@@ -238,10 +276,38 @@ impl NegativeSampler {
         if ids.len() < k {
             let first_fallback = ids.len();
             self.gumbel_top_k(k - ids.len(), rng, scratch, ids);
-            logq.extend(ids[first_fallback..].iter().map(|&id| self.logq(id as u32)));
+            for &id in &ids[first_fallback..] {
+                let class = self.class(id as u32).expect("the fallback draws sampleable ids");
+                log_pi.push(scratch.log_pi[class as usize]);
+            }
         }
-        clear(scratch, exclude, ids);
+        scratch.reset(exclude, ids);
         Ok(())
+    }
+
+    /// Fills `scratch.log_pi` with `ln pi` of each class for `k` draws among `n_allowed`
+    /// ids, `scratch.excluded` holding the excluded members of each class.
+    fn inclusion_log_probs(&self, k: usize, n_allowed: usize, scratch: &mut Scratch) {
+        scratch.log_pi.clear();
+        let classes = match &self.table {
+            Table::Uniform { .. } => {
+                scratch.log_pi.push((k as f64 / n_allowed as f64).ln() as f32);
+                return;
+            }
+            Table::Popularity(classes) => classes,
+        };
+        // q renormalised over the allowed ids: the law of each draw that is kept.
+        scratch.terms.clear();
+        for c in 0..classes.len() {
+            let allowed = classes.size(c) - scratch.excluded[c];
+            if allowed > 0 {
+                scratch.terms.push((allowed as f64, classes.q(c)));
+            }
+        }
+        let mass: f64 = scratch.terms.iter().map(|&(m, q)| m * q).sum();
+        scratch.terms.iter_mut().for_each(|(_, q)| *q /= mass);
+        let lambda = inclusion::poisson_lambda(k as f64, &scratch.terms);
+        scratch.log_pi.extend((0..classes.len()).map(|c| inclusion::log_inclusion(lambda, classes.q(c) / mass) as f32));
     }
 
     /// The error for `k` negatives when only `n_allowed` ids may be drawn, `n_in_batch`
@@ -264,7 +330,7 @@ impl NegativeSampler {
     /// in draw order (largest `log q + Gumbel` first).
     fn gumbel_top_k(&self, m: usize, rng: &mut Rng, scratch: &mut Scratch, ids: &mut Vec<i64>) {
         let mut keyed: Vec<(f64, u32)> = (N_RESERVED..self.vocab_size)
-            .filter(|&id| !is_set(scratch, id) && self.logq(id) > f32::NEG_INFINITY)
+            .filter(|&id| !scratch.is_set(id) && self.logq(id) > f32::NEG_INFINITY)
             .map(|id| {
                 let u = rng.unit().max(f64::MIN_POSITIVE);
                 (self.logq(id) as f64 - (-u.ln()).ln(), id)
@@ -279,20 +345,6 @@ impl NegativeSampler {
         for (_, id) in keyed {
             scratch.test_and_set(id);
             ids.push(id as i64);
-        }
-    }
-}
-
-#[inline]
-fn is_set(scratch: &Scratch, id: u32) -> bool {
-    scratch.bits[(id >> 6) as usize] & (1u64 << (id & 63)) != 0
-}
-
-/// Restores the all-zero invariant of the scratch bitset after a call.
-fn clear(scratch: &mut Scratch, exclude: &[i64], drawn: &[i64]) {
-    for ids in [exclude, drawn] {
-        for &id in ids {
-            scratch.bits[(id as u64 >> 6) as usize] = 0;
         }
     }
 }
@@ -319,31 +371,15 @@ fn check_ids(ids: &[i64], vocab_size: u32, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Alias table and per-item log q for `q ∝ count ^ alpha` over the real items.
-fn popularity_table(counts: &[u64], alpha: f64) -> Result<(Table, usize)> {
+/// Count classes of `q ∝ count ^ alpha` over the real items.
+fn popularity_classes(counts: &[u64], alpha: f64) -> Result<CountClasses> {
     let max = counts.iter().copied().max().unwrap_or(0);
     if max == 0 {
         return Err(Error::Config("item_counts are all zero: the popularity distribution has nothing to draw".into()));
     }
     // Scaled by the largest count so that large alphas cannot overflow.
     let log_max = (max as f64).ln();
-    let weight = |c: u64| {
-        if c == 0 {
-            0.0
-        } else {
-            (alpha * ((c as f64).ln() - log_max)).exp()
-        }
-    };
-    let log_total = counts.iter().map(|&c| weight(c)).sum::<f64>().ln();
-    let logq = |c: u64| (weight(c).ln() - log_total) as f32;
-    let n_positive = counts.iter().filter(|&&c| weight(c) > 0.0).count();
-    Ok((
-        Table::Popularity {
-            classes: CountClasses::new(counts, weight, logq),
-            logq: counts.iter().map(|&c| logq(c)).collect(),
-        },
-        n_positive,
-    ))
+    Ok(CountClasses::new(counts, |c| if c == 0 { 0.0 } else { (alpha * ((c as f64).ln() - log_max)).exp() }))
 }
 
 #[cfg(test)]
@@ -359,33 +395,95 @@ mod tests {
     fn draws_are_distinct_unreserved_and_excluded() {
         let sampler = NegativeSampler::new(500, Distribution::Uniform, None, 3).unwrap();
         let exclude: Vec<i64> = (0..200).map(|i| (i * 3) % 400).collect();
-        let (ids, logq) = sampler.sample(&exclude, 250, 0, 0, 0).unwrap();
+        let (ids, log_pi) = sampler.sample(&exclude, 250, 0, 0, 0).unwrap();
         assert_eq!(ids.len(), 250);
         let set: HashSet<i64> = ids.iter().copied().collect();
         assert_eq!(set.len(), 250, "duplicates in {ids:?}");
-        let excluded: HashSet<i64> = exclude.into_iter().collect();
+        let excluded: HashSet<i64> = exclude.into_iter().filter(|&id| id >= 2).collect();
         assert!(ids.iter().all(|id| *id >= 2 && *id < 500 && !excluded.contains(id)));
-        assert!(logq.iter().all(|&l| (l - -(498f32).ln()).abs() < 1e-6));
+        let pi = 250.0 / (498 - excluded.len()) as f32;
+        assert!(log_pi.iter().all(|&l| (l - pi.ln()).abs() < 1e-6), "{log_pi:?}");
     }
 
     #[test]
-    fn popularity_never_draws_zero_counts_and_reports_logq() {
+    fn popularity_never_draws_zero_counts_and_log_prob_is_log_q() {
         let vocab = 300;
         let c = counts(vocab);
         let sampler = NegativeSampler::new(vocab, Distribution::Popularity { alpha: 0.75 }, Some(&c), 1).unwrap();
         let total: f64 = c.iter().map(|&x| (x as f64).powf(0.75)).sum();
         for batch in 0..20 {
-            let (ids, logq) = sampler.sample(&[5, 6, 0], 50, 1, 0, batch).unwrap();
-            for (&id, &lq) in ids.iter().zip(&logq) {
-                assert!(c[id as usize] > 0 && id != 5 && id != 6);
-                let expected = ((c[id as usize] as f64).powf(0.75) / total).ln();
-                assert!((lq as f64 - expected).abs() < 1e-5, "{lq} vs {expected}");
-            }
+            let (ids, log_pi) = sampler.sample(&[5, 6, 0], 50, 1, 0, batch).unwrap();
+            assert!(ids.iter().all(|&id| c[id as usize] > 0 && id != 5 && id != 6));
+            assert!(log_pi.iter().all(|&l| l < 0.0 && l.is_finite()));
         }
-        let lp = sampler.log_prob(&[0, 1, 7, 8]).unwrap();
+        let lp = sampler.log_prob(&[0, 1, 7, 8, 13]).unwrap();
         assert_eq!(lp[0], f32::NEG_INFINITY);
         assert_eq!(lp[2], f32::NEG_INFINITY); // count 7 % 7 == 0
-        assert!(lp[3].is_finite());
+        for (&l, id) in lp[3..].iter().zip([8, 13]) {
+            let expected = ((c[id] as f64).powf(0.75) / total).ln();
+            assert!((l as f64 - expected).abs() < 1e-5, "{l} vs {expected}");
+        }
+    }
+
+    /// How often each id is among the `k` draws, over `rounds` batches.
+    fn inclusion_frequencies(sampler: &NegativeSampler, exclude: &[i64], k: usize, rounds: u64) -> Vec<f64> {
+        let mut seen = vec![0u64; sampler.vocab_size()];
+        for b in 0..rounds {
+            let (ids, _) = sampler.sample(exclude, k, 0, 0, b).unwrap();
+            ids.iter().for_each(|&id| seen[id as usize] += 1);
+        }
+        seen.iter().map(|&n| n as f64 / rounds as f64).collect()
+    }
+
+    /// `exp(log_pi)` of every id, read off one call's draws over many calls (0 if never drawn).
+    fn reported_pi(sampler: &NegativeSampler, exclude: &[i64], k: usize) -> Vec<f64> {
+        let mut pi = vec![0.0; sampler.vocab_size()];
+        for b in 0..200 {
+            let (ids, log_pi) = sampler.sample(exclude, k, 9, 0, b).unwrap();
+            for (&id, &l) in ids.iter().zip(&log_pi) {
+                pi[id as usize] = (l as f64).exp();
+            }
+        }
+        pi
+    }
+
+    #[test]
+    fn uniform_inclusion_probability_is_exact() {
+        let sampler = NegativeSampler::new(42, Distribution::Uniform, None, 4).unwrap();
+        let exclude = [0, 2, 3, 3, 9, 17, 40, 41, 20, 21, 22, 23];
+        let freq = inclusion_frequencies(&sampler, &exclude, 6, 20_000);
+        let pi = reported_pi(&sampler, &exclude, 6);
+        assert!((pi.iter().sum::<f64>() - 6.0).abs() < 1e-4, "sum of pi = {}", pi.iter().sum::<f64>());
+        for id in 2..42 {
+            if exclude.contains(&(id as i64)) {
+                assert_eq!((freq[id], pi[id]), (0.0, 0.0), "excluded id {id}");
+            } else {
+                assert!((pi[id] - 6.0 / 30.0).abs() < 1e-6);
+                // binomial sd 0.0028: within 5 sd
+                assert!((freq[id] - pi[id]).abs() < 0.015, "id {id}: {} vs {}", freq[id], pi[id]);
+            }
+        }
+    }
+
+    #[test]
+    fn popularity_inclusion_probability_matches_monte_carlo() {
+        // Counts 1..=9 over 40 items, alpha 1: q spans a factor 9; k draws 10 of the 35 allowed.
+        let c: Vec<u64> = (0..42).map(|i| if i < 2 { 0 } else { 1 + (i * 5) % 9 }).collect();
+        let sampler = NegativeSampler::new(42, Distribution::Popularity { alpha: 1.0 }, Some(&c), 2).unwrap();
+        let exclude = [0, 4, 5, 11, 30, 31, 5];
+        let freq = inclusion_frequencies(&sampler, &exclude, 10, 40_000);
+        let pi = reported_pi(&sampler, &exclude, 10);
+        assert!((pi.iter().sum::<f64>() - 10.0).abs() < 1e-4, "sum of pi = {}", pi.iter().sum::<f64>());
+        let mut worst = 0f64;
+        for id in 2..42 {
+            if exclude.contains(&(id as i64)) {
+                assert_eq!((freq[id], pi[id]), (0.0, 0.0), "excluded id {id}");
+            } else {
+                worst = worst.max((freq[id] - pi[id]).abs());
+            }
+        }
+        // The Poisson approximation, not an exact value: within 0.02 of frequencies near 0.1..0.6.
+        assert!(worst < 0.02, "largest |frequency - pi| = {worst}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
 use super::to_py_err;
-use crate::batching::{Batch, BatchLoader, EpochError, EpochIter, LoaderConfig, Sessions};
+use crate::batching::{Batch, BatchLoader, EpochError, EpochIter, Exclude, LoaderConfig, Sessions, Windows};
 use crate::sampler::{Distribution, NegativeSampler, Scratch};
 
 fn slice<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
@@ -63,7 +63,8 @@ impl PyNegativeSampler {
         self.inner.vocab_size()
     }
 
-    /// (ids int64[k], logq float32[k]): k distinct ids, none reserved, none in `exclude`.
+    /// (ids int64[k], log_pi float32[k]): k distinct ids, none reserved, none in `exclude`,
+    /// and the log of each one's probability to be among the k.
     #[pyo3(signature = (exclude, k, *, epoch = 0, rank = 0, batch_index = 0))]
     #[allow(clippy::type_complexity)]
     fn sample<'py>(
@@ -76,11 +77,11 @@ impl PyNegativeSampler {
         batch_index: u64,
     ) -> PyResult<(Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<f32>>)> {
         let exclude = slice(&exclude, "exclude")?;
-        let (mut ids, mut logq) = (Vec::new(), Vec::new());
+        let (mut ids, mut log_pi) = (Vec::new(), Vec::new());
         let mut rng = self.inner.batch_rng(epoch, rank, batch_index);
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        self.inner.sample_into(exclude, k, &mut rng, &mut scratch, &mut ids, &mut logq).map_err(to_py_err)?;
-        Ok((ids.into_pyarray(py), logq.into_pyarray(py)))
+        self.inner.sample_into(exclude, k, &mut rng, &mut scratch, &mut ids, &mut log_pi).map_err(to_py_err)?;
+        Ok((ids.into_pyarray(py), log_pi.into_pyarray(py)))
     }
 
     /// log q of each id (-inf for reserved and never-drawn ids).
@@ -104,7 +105,8 @@ impl PyBatchLoader {
     #[pyo3(signature = (
         offsets, items, skips, train_end, *, vocab_size, batch_size = 256, seq_len = 51,
         n_negatives = 1000, distribution = "uniform", alpha = 1.0, item_counts = None, seed = 0,
-        rank = 0, world_size = 1, shuffle = true, drop_last = false, prefetch = 4
+        rank = 0, world_size = 1, shuffle = true, drop_last = false, prefetch = 4, windows = "all",
+        exclude = "all"
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -126,7 +128,11 @@ impl PyBatchLoader {
         shuffle: bool,
         drop_last: bool,
         prefetch: usize,
+        windows: &str,
+        exclude: &str,
     ) -> PyResult<Self> {
+        let windows = Windows::parse(windows).map_err(to_py_err)?;
+        let exclude = Exclude::parse(exclude).map_err(to_py_err)?;
         let (o, i, s, t) = (
             slice(&offsets, "offsets")?,
             slice(&items, "items")?,
@@ -147,8 +153,19 @@ impl PyBatchLoader {
             None => &train_counts,
         };
         let sampler = build_sampler(vocab_size, distribution, alpha, Some(counts), seed)?;
-        let config =
-            LoaderConfig { batch_size, seq_len, n_negatives, seed, rank, world_size, shuffle, drop_last, prefetch };
+        let config = LoaderConfig {
+            batch_size,
+            seq_len,
+            n_negatives,
+            seed,
+            rank,
+            world_size,
+            shuffle,
+            drop_last,
+            prefetch,
+            windows,
+            exclude,
+        };
         let inner = BatchLoader::new(sessions, sampler, config).map_err(to_py_err)?;
         let train_item_counts = train_counts.into_pyarray(py);
         train_item_counts.call_method1("setflags", (false,))?;
@@ -167,15 +184,17 @@ impl PyBatchLoader {
         self.inner.len()
     }
 
-    /// Training examples (sessions with train_end >= 2) over all ranks.
+    /// Training examples (windows of sessions with train_end >= 2) over all ranks.
     #[getter]
     fn n_examples(&self) -> usize {
         self.inner.n_examples()
     }
 
-    /// This rank's session indices for `epoch`, in batch order.
-    fn shard<'py>(&self, py: Python<'py>, epoch: u64) -> Bound<'py, PyArray1<u32>> {
-        self.inner.shard(epoch).into_pyarray(py)
+    /// This rank's examples for `epoch`, in batch order: (session indices, window ends),
+    /// each uint32; a window ends before play `end` of its session.
+    fn shard<'py>(&self, py: Python<'py>, epoch: u64) -> (Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<u32>>) {
+        let (sessions, ends): (Vec<u32>, Vec<u32>) = self.inner.shard(epoch).iter().map(|e| (e.session, e.end)).unzip();
+        (sessions.into_pyarray(py), ends.into_pyarray(py))
     }
 
     /// Iterator over the batches of `epoch`, starting at batch `start_batch`.
