@@ -9,7 +9,12 @@ For every session with a target in the split, the model reads the plays before t
   MRR@10 (lower is better: skipped tracks should be ranked down), and ``HR@10_kept``,
   ``HR@10_skipped`` and ``HR@10_gap`` compare hit rates of kept and skipped held-out tracks.
   Each held-out track carries its own skip flag; nothing is read from the last input.
-- ``exclude_seen`` never ranks items of the input session, except the held-out track itself.
+- ``exclude_seen`` (default False, as in :meth:`Recommender.recommend`) never ranks the plays
+  before the target (all of them, not only the last ``max_len``): a held-out track among them
+  is a miss (worst rank), since a recommender that excludes seen items never returns it. Both
+  give the same ranking for the same flag.
+- Ties follow :mod:`negrec_fast.metrics`: each metric is its expected value under random
+  tie-breaking.
 - ``sampled_candidates = N`` ranks each held-out track against N negatives fixed by seed
   instead of the whole catalogue (only on explicit request: sampled metrics mislead).
 """
@@ -22,7 +27,7 @@ import numpy as np
 import torch
 
 from negrec_fast.config import EvalConfig
-from negrec_fast.metrics import MetricAccumulator, sampled_ranks, target_ranks
+from negrec_fast.metrics import MetricAccumulator, Ranks, sampled_ranks, target_ranks
 
 SKIP_K = 10
 
@@ -36,6 +41,7 @@ class EvalExamples:
     skipped_example: np.ndarray  # int64 [M] example index of each held-out skipped track
     skipped_items: np.ndarray  # int64 [M] item of each held-out skipped track
     sessions: np.ndarray  # int64 [E] session index
+    positions: np.ndarray  # int64 [E] position of the kept target in its session
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -76,12 +82,27 @@ def build_examples(dataset, split: str, max_len: int) -> EvalExamples:
         skipped_example=example[is_skip].astype(np.int64),
         skipped_items=items[play[is_skip]].astype(np.int64),
         sessions=sessions.astype(np.int64),
+        positions=pos,
     )
+
+
+def seen_items(dataset, examples: EvalExamples, lo: int, hi: int) -> np.ndarray:
+    """``int64 [hi - lo, P]``: all plays before the target of examples ``lo:hi`` (not only the
+    last ``max_len``), right-padded with 0: what ``exclude_seen`` never ranks."""
+    pos = examples.positions[lo:hi]
+    starts = np.asarray(dataset.offsets, dtype=np.int64)[examples.sessions[lo:hi]]
+    cols = np.arange(int(pos.max(initial=0)))
+    real = cols[None, :] < pos[:, None]
+    return np.where(real, np.asarray(dataset.items)[np.where(real, starts[:, None] + cols, 0)], 0).astype(np.int64)
 
 
 @torch.no_grad()
 def evaluate_model(model, dataset, split: str, cfg: EvalConfig, max_len: int, device: torch.device) -> dict[str, float]:
-    """Metrics of ``model`` on ``split``: HR/NDCG/MRR@K over kept targets and skip down-ranking."""
+    """Metrics of ``model`` on ``split``: HR/NDCG/MRR@K over kept targets and skip down-ranking.
+
+    ``cfg.exclude_seen`` ranks as ``Recommender.recommend(exclude_seen=...)`` does (input plays
+    never recommended, held-out tracks among them included); evaluation has no list of extra
+    tracks to exclude like recommend's ``skipped``."""
     examples = build_examples(dataset, split, max_len)
     was_training = model.training
     model.eval()
@@ -97,16 +118,18 @@ def evaluate_model(model, dataset, split: str, cfg: EvalConfig, max_len: int, de
         rows = torch.cat([torch.arange(hi - lo), torch.from_numpy(skip_ex[a:b] - lo)]).to(device)
         held_out = torch.from_numpy(np.concatenate([examples.targets[lo:hi], skip_items[a:b]])).to(device)
         skipped = torch.arange(len(held_out), device=device) >= hi - lo
-        acc.add(_rank(scores[rows], held_out, inputs[rows], cfg, generator), target_skipped=skipped)
+        seen = torch.from_numpy(seen_items(dataset, examples, lo, hi)).to(device)[rows] if cfg.exclude_seen else None
+        acc.add(_rank(scores[rows], held_out, seen, cfg, generator), target_skipped=skipped)
     model.train(was_training)
     return acc.compute()
 
 
-def _rank(scores: torch.Tensor, held_out: torch.Tensor, inputs: torch.Tensor, cfg: EvalConfig, generator) -> torch.Tensor:
-    """Rank of each held-out item in its row: full catalogue, or sampled candidates on request."""
+def _rank(scores: torch.Tensor, held_out: torch.Tensor, seen: torch.Tensor | None, cfg: EvalConfig, generator) -> Ranks:
+    """Rank of each held-out item in its row: full catalogue (``seen`` items excluded when
+    given), or sampled candidates on request."""
     if cfg.sampled_candidates:
         return sampled_ranks(scores, held_out, cfg.sampled_candidates, generator)
-    return target_ranks(scores, held_out, exclude=inputs if cfg.exclude_seen else None)
+    return target_ranks(scores, held_out, exclude=seen)
 
 
 def evaluate(run_dir, split: str = "test", *, checkpoint: str = "best", device: str = "cpu") -> dict[str, float]:

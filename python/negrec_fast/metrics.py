@@ -1,19 +1,42 @@
 """Ranking metrics for next-item prediction with one relevant item per example.
 
-Ranks are 1-based and computed over the full catalogue by default. Ties count against
-the target (pessimistic): ``rank = 1 + #{other items j : score_j >= score_target}``, so a
-model that gives every item the same score ranks each target last, not first. Items
-scored ``-inf`` (reserved ids, excluded items) never outrank the target, and a NaN target
-score gets the worst rank. Sampled-candidate ranks (:func:`sampled_ranks`) are only for
-comparison with papers that report them.
+Ranks are 1-based and computed over the full catalogue by default.
+
+Tie rule, the same for every metric: a target with ``g`` competitors scoring strictly above
+it and ``t`` other competitors tied with it has a rank uniform on ``g + 1 .. g + t + 1``
+(uniformly random tie-breaking), and each metric is its exact expected value over that
+range, computed in closed form from cumulative sums (no sampling). So a model that gives
+every item the same score gets ``HR@k = k / n`` for kept and skipped targets alike (n
+competing items): ties neither flatter HR/NDCG/MRR nor the lower-is-better ``skip_MRR@10``.
+Items scored ``-inf`` (reserved ids, excluded items) are not competitors; a target scored
+NaN or ``-inf`` gets the worst rank (behind every other item, no ties), and NaN items never
+outrank a target. Sampled-candidate ranks (:func:`sampled_ranks`) follow the same rule and
+are only for comparison with papers that report them.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 DEFAULT_KS = (1, 5, 10, 20)
+
+
+class Ranks(NamedTuple):
+    """Ranks under random tie-breaking: example ``b``'s rank is uniform on
+    ``best[b] .. best[b] + ties[b]``. Functions taking ranks also accept a plain ``[B]`` int
+    tensor of exact ranks (no ties)."""
+
+    best: Tensor  # int64 [B], 1 + competitors scoring strictly above the target
+    ties: Tensor  # int64 [B], other competitors scoring exactly the target's score
+
+
+def _as_ranks(ranks: Ranks | Tensor) -> Ranks:
+    if isinstance(ranks, Ranks):
+        return ranks
+    return Ranks(ranks, torch.zeros_like(ranks))
 
 
 def _check_scores_targets(scores: Tensor, targets: Tensor) -> None:
@@ -23,20 +46,25 @@ def _check_scores_targets(scores: Tensor, targets: Tensor) -> None:
         )
 
 
-def _rank_of(target_scores: Tensor, candidate_scores: Tensor, not_target: Tensor) -> Tensor:
-    """1 + count of candidates (other than the target) scoring >= the target, -inf excluded."""
-    outrank = (candidate_scores >= target_scores[:, None]) & ~torch.isneginf(candidate_scores) & not_target
-    ranks = 1 + outrank.sum(dim=1)
+def _rank_of(target_scores: Tensor, candidate_scores: Tensor, not_target: Tensor) -> Ranks:
+    """Ranks of the targets among the candidates other than the target, ``-inf`` excluded.
+
+    For a finite target, ``>`` and ``==`` already leave out ``-inf`` and NaN candidates; the
+    target's own candidate column (``~not_target``) is the one tie taken back."""
+    target = target_scores[:, None]
+    best = 1 + (candidate_scores > target).sum(dim=1)
+    ties = (candidate_scores == target).sum(dim=1) - (~not_target).sum(dim=1)
+    unrankable = torch.isnan(target_scores) | torch.isneginf(target_scores)
     worst = 1 + not_target.sum(dim=1)
-    return torch.where(torch.isnan(target_scores), worst, ranks)
+    return Ranks(torch.where(unrankable, worst, best), torch.where(unrankable, 0, ties))
 
 
-def target_ranks(scores: Tensor, targets: Tensor, exclude: Tensor | None = None) -> Tensor:
-    """``[B]`` int64 1-based rank of ``targets[b]`` among all ``V`` scores of row ``b``.
+def target_ranks(scores: Tensor, targets: Tensor, exclude: Tensor | None = None) -> Ranks:
+    """:class:`Ranks` of ``targets[b]`` among all ``V`` scores of row ``b``.
 
     ``exclude``: optional ``[B, M]`` ids per row (e.g. the items already in the session,
-    padding allowed) whose scores are set to ``-inf`` before ranking, except the row's
-    target itself, which is never excluded.
+    padding allowed) whose scores are set to ``-inf`` before ranking. A target listed there
+    is excluded too (it could never be recommended) and gets the worst rank.
     """
     _check_scores_targets(scores, targets)
     b, v = scores.shape
@@ -47,15 +75,14 @@ def target_ranks(scores: Tensor, targets: Tensor, exclude: Tensor | None = None)
         if exclude.dim() != 2 or exclude.shape[0] != b:
             raise ValueError(f"exclude must be [B, M] with B={b}, got shape {tuple(exclude.shape)}")
         drop = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, exclude.long(), True)
-        drop[rows, targets] = False
         scores = scores.masked_fill(drop, float("-inf"))
     not_target = torch.ones_like(scores, dtype=torch.bool)
     not_target[rows, targets] = False
     return _rank_of(scores[rows, targets], scores, not_target)
 
 
-def sampled_ranks(scores: Tensor, targets: Tensor, n_candidates: int, generator: torch.Generator) -> Tensor:
-    """``[B]`` rank of each target among itself and ``n_candidates`` sampled negatives.
+def sampled_ranks(scores: Tensor, targets: Tensor, n_candidates: int, generator: torch.Generator) -> Ranks:
+    """:class:`Ranks` of each target among itself and ``n_candidates`` sampled negatives.
 
     Negatives are drawn uniformly without replacement from the non-reserved items (ids >= 2)
     other than the target, from ``generator`` (seed it to fix the candidates across runs).
@@ -74,20 +101,30 @@ def sampled_ranks(scores: Tensor, targets: Tensor, n_candidates: int, generator:
     return _rank_of(scores[rows, targets], candidate_scores, torch.ones_like(candidates, dtype=torch.bool))
 
 
-def hit_rate(ranks: Tensor, k: int) -> Tensor:
-    """Per-example HR@k (= recall@k with one relevant item): 1.0 if rank <= k else 0.0."""
-    return (ranks <= k).double()
+def _expected(ranks: Ranks | Tensor, k: int, gain) -> Tensor:
+    """Per-example mean of ``gain(r)`` (0 beyond ``k``) over the rank range of each example:
+    ``(G(best + ties) - G(best - 1)) / (ties + 1)`` with ``G`` the cumulative gain up to ``k``."""
+    best, ties = _as_ranks(ranks)
+    r = torch.arange(1, k + 1, dtype=torch.float64, device=best.device)
+    cumulative = torch.cat([torch.zeros(1, dtype=torch.float64, device=best.device), gain(r).cumsum(0)])
+    hi = cumulative[(best + ties).clamp(max=k)]
+    lo = cumulative[(best - 1).clamp(max=k)]
+    return (hi - lo) / (ties + 1).double()
 
 
-def ndcg(ranks: Tensor, k: int) -> Tensor:
-    """Per-example NDCG@k with one relevant item: ``1 / log2(rank + 1)`` if rank <= k else 0."""
-    r = ranks.double()
-    return torch.where(ranks <= k, 1.0 / torch.log2(r + 1.0), 0.0)
+def hit_rate(ranks: Ranks | Tensor, k: int) -> Tensor:
+    """Per-example expected HR@k (= recall@k with one relevant item): P(rank <= k)."""
+    return _expected(ranks, k, torch.ones_like)
 
 
-def mrr(ranks: Tensor, k: int) -> Tensor:
-    """Per-example MRR@k: ``1 / rank`` if rank <= k else 0."""
-    return torch.where(ranks <= k, 1.0 / ranks.double(), 0.0)
+def ndcg(ranks: Ranks | Tensor, k: int) -> Tensor:
+    """Per-example expected NDCG@k with one relevant item: ``1 / log2(rank + 1)`` if rank <= k else 0."""
+    return _expected(ranks, k, lambda r: 1.0 / torch.log2(r + 1.0))
+
+
+def mrr(ranks: Ranks | Tensor, k: int) -> Tensor:
+    """Per-example expected MRR@k: ``1 / rank`` if rank <= k else 0."""
+    return _expected(ranks, k, torch.reciprocal)
 
 
 class MetricAccumulator:
@@ -115,19 +152,21 @@ class MetricAccumulator:
         self.n_kept = 0
         self.n_skipped = 0
 
-    def add(self, ranks: Tensor, *, target_skipped: Tensor) -> None:
-        """Add ``[B]`` ranks of held-out targets with each target's own skip flag ``[B]``."""
-        if ranks.dim() != 1 or target_skipped.shape != ranks.shape:
+    def add(self, ranks: Ranks | Tensor, *, target_skipped: Tensor) -> None:
+        """Add ranks of ``B`` held-out targets (:class:`Ranks` or ``[B]`` exact ranks) with
+        each target's own skip flag ``[B]``."""
+        best, ties = _as_ranks(ranks)
+        if best.dim() != 1 or ties.shape != best.shape or target_skipped.shape != best.shape:
             raise ValueError(
-                f"ranks and target_skipped must both be [B], got {tuple(ranks.shape)} and "
+                f"ranks and target_skipped must both be [B], got {tuple(best.shape)} and "
                 f"{tuple(target_skipped.shape)}"
             )
-        if ranks.numel() and int(ranks.min()) < 1:
-            raise ValueError("ranks are 1-based: got a rank < 1")
+        if best.numel() and bool(((best < 1) | (ties < 0)).any()):
+            raise ValueError("ranks are 1-based with ties >= 0: got a rank < 1 or negative ties")
         skipped = target_skipped.bool()
-        kept_ranks, skipped_ranks = ranks[~skipped], ranks[skipped]
-        self.n_kept += kept_ranks.numel()
-        self.n_skipped += skipped_ranks.numel()
+        kept_ranks, skipped_ranks = Ranks(best[~skipped], ties[~skipped]), Ranks(best[skipped], ties[skipped])
+        self.n_kept += kept_ranks.best.numel()
+        self.n_skipped += skipped_ranks.best.numel()
         k = self.skip_k
         values = {f"HR@{k}_kept": hit_rate(kept_ranks, k)}
         for j in self.ks:
@@ -159,6 +198,7 @@ class MetricAccumulator:
 __all__ = [
     "DEFAULT_KS",
     "MetricAccumulator",
+    "Ranks",
     "hit_rate",
     "mrr",
     "ndcg",

@@ -56,13 +56,16 @@ class Recommender:
 
     @torch.no_grad()
     def recommend(
-        self, session: Sequence[str], *, skipped: Sequence[str] = (), k: int = 10, exclude_seen: bool = True
+        self, session: Sequence[str], *, skipped: Sequence[str] = (), k: int = 10, exclude_seen: bool = False
     ) -> Recommendation:
         """Top-``k`` next tracks after ``session`` (original ids, in play order).
 
-        ``skipped`` names tracks of the session that were skipped: they are never recommended
-        back (nor, with ``exclude_seen``, is any track of the session). Unknown ids are
-        dropped from the input and reported in ``unknown``.
+        Exclusions, each explicit: ``exclude_seen`` (default False, like ``eval.exclude_seen``)
+        never recommends a track of the session; with the same flag, this ranking is the one
+        evaluation scores (:func:`negrec_fast.evaluation.evaluate_model`). ``skipped`` names
+        tracks (e.g. the session's skipped ones) never to recommend, whatever ``exclude_seen``;
+        evaluation has no such list. Unknown ids are dropped from the input and reported in
+        ``unknown``.
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
