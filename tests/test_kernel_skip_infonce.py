@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+import loss_loops
 from kernel_modes import interpreter_cases, run_in_interpreter  # before triton is imported
 
 from negrec_fast.kernels.skip_infonce import (
@@ -17,7 +18,6 @@ from negrec_fast.kernels.skip_infonce import (
     triton_available_for,
 )
 from negrec_fast.losses import skip_infonce_loss
-from negrec_fast.losses.skip_infonce import next_kept_index
 
 INTERPRETED = triton_available_for(torch.empty(0))
 interp = interpreter_cases(INTERPRETED)
@@ -142,7 +142,10 @@ def test_hand_computed_session():
     torch.testing.assert_close(out[0, 2], l02, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out[1, 5], l15, rtol=1e-5, atol=1e-6)
     assert out.nonzero().tolist() == [[0, 2], [1, 5]]
-    torch.testing.assert_close(mean, (l02 + l15) / 2, rtol=1e-5, atol=1e-6)  # 2 anchors, not 3
+    # kept plays with a later kept play: (0, 2), (1, 3), (1, 5); anchors: (0, 2), (1, 5)
+    torch.testing.assert_close(mean, (l02 + l15) / 3, rtol=1e-5, atol=1e-6)
+    by_anchor = fused_skip_infonce_loss(x, items, skips, temperature=0.5, normalize="anchors")
+    torch.testing.assert_close(by_anchor, (l02 + l15) / 2, rtol=1e-5, atol=1e-6)
     g, = torch.autograd.grad(out.sum(), x)
     g_ref, = torch.autograd.grad(l02 + l15, x)
     torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-6)
@@ -151,29 +154,44 @@ def test_hand_computed_session():
 
 
 @interp
-@pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_positions_without_a_usable_negative(reduction):
+@pytest.mark.parametrize("normalize", ["kept", "anchors"])
+@pytest.mark.parametrize("separate", [False, True])
+def test_matches_loops(normalize, separate):
+    """Values and gradients (autograd of the float64 loops in ``loss_loops``) of the mean."""
+    anchors, items, skips, cands = make_batch(3, 9, 4, seed=17, n_items=4, separate=separate, min_len=4)
+    inputs = [anchors] if cands is None else [anchors, cands]
+    loop_in = [x.detach().double().requires_grad_() for x in inputs]
+    _, want = loss_loops.skip_infonce(loop_in[0], items, skips, candidates=loop_in[-1] if separate else None,
+                                      temperature=0.3, normalize=normalize)
+    got = fused_skip_infonce_loss(anchors, items, skips, candidates=cands, temperature=0.3, normalize=normalize)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    for g, w in zip(torch.autograd.grad(got, inputs), torch.autograd.grad(want, loop_in)):
+        torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-5)
+
+
+@interp
+@pytest.mark.parametrize("normalize", ["kept", "anchors"])
+def test_positions_without_a_usable_negative(normalize):
     """Two items only, so many kept plays see only skipped copies of their positive; those are
-    no anchors (not in the mean, no gradient even with an upstream gradient there)."""
+    no anchors: loss 0 and no gradient, counted by the "kept" mean only (loop reference)."""
     anchors, items, skips, cands = make_batch(6, 12, 5, seed=22, n_items=2, skip_p=0.2,
                                               separate=True, min_len=6)
-    kept, skipped = (items != 0) & ~skips, (items != 0) & skips
-    nxt = next_kept_index(kept)
-    pos_item = items.gather(1, nxt.clamp(min=0))
-    has_pos = kept & (nxt >= 0)
-    has_neg = (skipped[:, None, :] & (items[:, None, :] != pos_item[:, :, None])).any(-1)
-    # the case occurs: a positive, skipped plays in the session, but all copy the positive
-    assert (has_pos & ~has_neg & skipped.any(1, keepdim=True)).sum() >= 5
-    assert (has_pos & has_neg).sum() >= 5
-    res = run_both(anchors, items, skips, cands, reduction=reduction)
+    per_pos, loop_mean = loss_loops.skip_infonce(anchors.double(), items, skips, candidates=cands.double(),
+                                                 normalize=normalize)
+    loop = loss_loops.stack(per_pos)
+    out = fused_skip_infonce_loss(anchors, items, skips, candidates=cands, reduction="none")
+    torch.testing.assert_close(out.double(), loop, rtol=1e-5, atol=1e-5)
+    # the case occurs: plays with a positive (counted by "kept") that are no anchors (loss 0)
+    n_kept = sum(1 for b in range(6) for i in range(12) if items[b, i] != 0 and not skips[b, i]
+                 and any(items[b, j] != 0 and not skips[b, j] for j in range(i + 1, 12)))
+    assert n_kept - (loop != 0).sum() >= 5 and (loop != 0).sum() >= 5
+    mean = fused_skip_infonce_loss(anchors, items, skips, candidates=cands, normalize=normalize)
+    torch.testing.assert_close(mean.double(), loop_mean, rtol=1e-5, atol=1e-6)
+    res = run_both(anchors, items, skips, cands, reduction="none")
     assert_close_run(res)
-    if reduction == "none":
-        (out, grads), _ = res
-        assert torch.equal(out != 0, has_pos & has_neg)
-    else:
-        per_pos = fused_skip_infonce_loss(anchors, items, skips, candidates=cands,
-                                          reduction="none")
-        torch.testing.assert_close(res[0][0], per_pos.sum() / (has_pos & has_neg).sum())
+    ga, _ = torch.autograd.grad(mean, [anchors, cands])
+    no_loss = (res[0][0] == 0)
+    assert torch.count_nonzero(ga[no_loss]) == 0
 
 
 @interp
@@ -229,6 +247,19 @@ def test_backend_dispatch_under_interpreter():
     torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-5)
 
 
+@interp
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_training_dispatch_passes_candidates_and_normalize(backend):
+    """``kernels.dispatch.skip_infonce`` (the objective's entry) forwards both options."""
+    from negrec_fast.kernels.dispatch import skip_infonce as dispatched
+
+    anchors, items, skips, cands = make_batch(2, 7, 4, seed=19, n_items=4, separate=True, min_len=5)
+    out = dispatched(anchors, items, skips, candidates=cands, temperature=0.2, normalize="anchors", backend=backend)
+    _, want = loss_loops.skip_infonce(anchors.double(), items, skips, candidates=cands.double(), temperature=0.2,
+                                      normalize="anchors")
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.skipif(INTERPRETED, reason="this process is the interpreter run")
 def test_cpu_without_interpreter_uses_reference_or_says_why():
     anchors, items, skips, _ = make_batch(2, 6, 5, seed=9)
@@ -261,7 +292,7 @@ def test_argument_errors():
 @pytest.mark.skipif(INTERPRETED, reason="this process is the interpreter run")
 def test_interpreter_cases():
     """Run this file's CPU kernel cases under TRITON_INTERPRET=1 in a fresh interpreter."""
-    run_in_interpreter(__file__, min_passed=35)
+    run_in_interpreter(__file__, min_passed=47)
 
 
 # ---------------------------------------------------------------- GPU (native kernels)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import loss_loops
 import pytest
 import torch
 
@@ -274,8 +275,9 @@ def test_skip_infonce_masks_skipped_copies_of_the_positive():
         skip_infonce_loss(vectors, items, skips, temperature=-1)
 
 
-def test_skip_infonce_mean_counts_only_anchors_with_a_usable_negative():
-    """An anchor whose only skipped plays copy its positive is not in the mean's denominator."""
+def test_skip_infonce_mean_denominators():
+    """A kept play whose only skipped plays copy its positive is no anchor: it counts in the
+    "kept" mean (loss 0) but not in the "anchors" mean."""
     # session 0: kept 0 (item 2), 2 (item 5), 3 (item 3); skipped 1 (item 5).
     #   position 0 -> positive 2 (item 5): its one negative copies it -> not an anchor
     #   position 2 -> positive 3 (item 3): negative 1 (item 5)
@@ -290,7 +292,9 @@ def test_skip_infonce_mean_counts_only_anchors_with_a_usable_negative():
     loss = skip_infonce_loss(vectors, items, skips, temperature=0.5, reduction="none")
     assert loss.tolist() == [close([0.0, 0.0, l02, 0.0]), close([l10, 0.0, l12, 0.0])]
     mean = skip_infonce_loss(vectors, items, skips, temperature=0.5)
-    assert mean.item() == close((l02 + l10 + l12) / 3)  # not / 4
+    assert mean.item() == close((l02 + l10 + l12) / 4)  # kept plays 0 and 2 of each session
+    anchors = skip_infonce_loss(vectors, items, skips, temperature=0.5, normalize="anchors")
+    assert anchors.item() == close((l02 + l10 + l12) / 3)
     total = skip_infonce_loss(vectors, items, skips, temperature=0.5, reduction="sum")
     assert total.item() == close(l02 + l10 + l12)
 
@@ -358,3 +362,133 @@ def test_binary_losses_all_padding_is_zero_with_finite_grads():
         assert loss.item() == 0.0
         loss.backward()
         assert torch.isfinite(q.grad).all()
+
+
+# ---------------------------------------------------------------- against the loops in loss_loops.py
+
+
+def leaves(*tensors):
+    """float64 leaf copies (the loops run in float64; the references compute in float32)."""
+    return [t.detach().double().clone().requires_grad_() for t in tensors]
+
+
+def assert_matches_loops(reference, loop, tensors, *, rtol=1e-5, atol=1e-6):
+    """Per-row values, the mean and the mean's gradients of ``reference`` vs the loop version."""
+    ref_in, loop_in = leaves(*tensors), leaves(*tensors)
+    per_row, loop_mean = loop(*loop_in)
+    torch.testing.assert_close(reference(*ref_in, reduction="none").double(), loss_loops.stack(per_row),
+                               rtol=rtol, atol=atol)
+    mean = reference(*ref_in, reduction="mean")
+    torch.testing.assert_close(mean.double(), loop_mean, rtol=rtol, atol=atol)
+    want = torch.autograd.grad(loop_mean, loop_in, allow_unused=True, materialize_grads=True)
+    got = torch.autograd.grad(mean, ref_in, allow_unused=True, materialize_grads=True)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=rtol, atol=atol)
+
+
+def id_batch(seed, n=7, k=4, d=5, v=12):
+    """Queries, items, duplicate targets with padding, negatives that hit targets."""
+    g = torch.Generator().manual_seed(seed)
+    query, weight = torch.randn(n, d, generator=g) * 0.7, torch.randn(v, d, generator=g) * 0.7
+    targets = torch.randint(2, 2 + n // 2, (n,), generator=g)
+    targets[torch.randperm(n, generator=g)[:2]] = 0
+    negatives = torch.randint(2, v, (k,), generator=g)
+    negatives[0] = targets[targets != 0][0]
+    return query, weight, targets, negatives, -4 * torch.rand(k, generator=g), -4 * torch.rand(n, generator=g)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("logq", [False, True])
+@pytest.mark.parametrize("temperature", [1.0, 0.3])
+def test_sampled_softmax_matches_loops(seed, logq, temperature):
+    query, weight, targets, negatives, neg_logq, target_logq = id_batch(seed)
+    extra = dict(neg_logq=neg_logq, target_logq=target_logq) if logq else {}
+    assert_matches_loops(
+        lambda q, w, **kw: sampled_softmax_loss(q, w, targets, negatives, temperature=temperature, **extra, **kw),
+        lambda q, w: loss_loops.sampled_softmax(q, w, targets, negatives, temperature=temperature, **extra),
+        (query, weight),
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_full_softmax_matches_loops(seed):
+    query, weight, targets, *_ = id_batch(seed)
+    assert_matches_loops(
+        lambda q, w, **kw: full_softmax_loss(q, w, targets, temperature=0.5, **kw),
+        lambda q, w: loss_loops.full_softmax(q, w, targets, temperature=0.5),
+        (query, weight),
+    )
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+@pytest.mark.parametrize("t", [0.0, 0.75])
+def test_bce_and_gbce_match_loops(per_row, t):
+    query, weight, targets, negatives, *_ = id_batch(2)
+    if per_row:
+        negatives = torch.randint(2, 12, (7, 3), generator=torch.Generator().manual_seed(5))
+        negatives[1, 0] = targets[1]  # an accidental hit in one row
+    beta = loss_loops.gbce_beta(negatives.shape[-1], 10, t)
+    assert_matches_loops(
+        lambda q, w, **kw: gbce_loss(q, w, targets, negatives, n_items=10, t=t, **kw),
+        lambda q, w: loss_loops.binary(q, w, targets, negatives, beta=beta),
+        (query, weight),
+    )
+    if t == 0.0:
+        assert_matches_loops(
+            lambda q, w, **kw: bce_loss(q, w, targets, negatives, **kw),
+            lambda q, w: loss_loops.binary(q, w, targets, negatives),
+            (query, weight),
+        )
+
+
+def session_batch(seed, b=3, length=8, d=4, n_items=5):
+    """Left-padded sessions with few distinct items (skipped copies of positives occur)."""
+    g = torch.Generator().manual_seed(seed)
+    items = torch.randint(2, 2 + n_items, (b, length), generator=g)
+    items[0, :2] = 0
+    skips = torch.rand(b, length, generator=g) < 0.4
+    skips[1] = False  # a session without skips: its kept plays count for "kept" only
+    return items, skips, torch.randn(b, length, d, generator=g), torch.randn(b, length, d, generator=g)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("normalize", ["kept", "anchors"])
+@pytest.mark.parametrize("separate", [False, True])
+def test_skip_infonce_matches_loops(seed, normalize, separate):
+    items, skips, anchors, candidates = session_batch(seed)
+    if separate:
+        assert_matches_loops(
+            lambda a, c, **kw: skip_infonce_loss(a, items, skips, candidates=c, temperature=0.5,
+                                                 normalize=normalize, **kw),
+            lambda a, c: loss_loops.skip_infonce(a, items, skips, candidates=c, temperature=0.5, normalize=normalize),
+            (anchors, candidates),
+        )
+    else:
+        assert_matches_loops(
+            lambda a, **kw: skip_infonce_loss(a, items, skips, temperature=0.5, normalize=normalize, **kw),
+            lambda a: loss_loops.skip_infonce(a, items, skips, temperature=0.5, normalize=normalize),
+            (anchors,),
+        )
+
+
+def test_skip_infonce_kept_mean_counts_kept_plays_with_a_later_kept_play():
+    """Under "kept", a session without skips adds its kept plays to the mean with loss 0, so
+    lambda weighs the term the same whatever share of a batch's sessions has skips; under
+    "anchors" such a session is invisible."""
+    items, skips, anchors, candidates = session_batch(0)
+    total = skip_infonce_loss(anchors, items, skips, candidates=candidates, reduction="sum").item()
+    counted = 0  # by hand: each session's kept plays except its last one
+    for b in range(items.shape[0]):
+        counted += max(sum(1 for i in range(items.shape[1]) if items[b, i] != 0 and not skips[b, i]) - 1, 0)
+    assert skip_infonce_loss(anchors, items, skips, candidates=candidates).item() == close(total / counted)
+    anchor_mean = skip_infonce_loss(anchors, items, skips, candidates=candidates, normalize="anchors").item()
+    assert anchor_mean > total / counted
+    # one more session: 8 kept plays, no skip (7 kept plays with a later kept play)
+    more = [torch.cat([x, y]) for x, y in ((items, torch.arange(2, 10)[None]), (skips, torch.zeros(1, 8, dtype=torch.bool)),
+                                           (anchors, torch.randn(1, 8, 4)), (candidates, torch.randn(1, 8, 4)))]
+    items2, skips2, anchors2, candidates2 = more
+    assert skip_infonce_loss(anchors2, items2, skips2, candidates=candidates2).item() == close(total / (counted + 7))
+    assert skip_infonce_loss(anchors2, items2, skips2, candidates=candidates2,
+                             normalize="anchors").item() == close(anchor_mean)
+    with pytest.raises(ValueError, match="normalize must be 'kept' or 'anchors', got 'all'"):
+        skip_infonce_loss(anchors, items, skips, normalize="all")

@@ -12,7 +12,8 @@ inputs go through the tensor cores unrounded and fp32 inputs use IEEE fp32 dots.
 - forward: online log-sum-exp over {positive} + {the session's skipped plays whose item
   differs from the positive's}, counting those negatives on the way; stores the per-position
   loss, the row LSE and a ``live`` flag (positive and >= 1 negative: an anchor). The flag
-  is the ``"mean"`` denominator and masks the backward, so it stays on device.
+  masks the backward and, with ``normalize="anchors"``, counts the ``"mean"`` denominator
+  (``"kept"`` counts the host-side ``pos >= 0``), so it stays on device.
 - backward: recomputes the scores; rows that are not live get no gradient. With
   ``G_ij = g_i (p_ij - [j = pos_i])``:
   ``dA_i = ra_i/T sum_j G_ij rc_j c_j - ra_i^2 a_i sum_j G_ij s_ij`` and symmetrically for
@@ -33,7 +34,7 @@ from torch import Tensor
 
 from negrec_fast.kernels._common_ss import kernels_interpreted, use_triton
 from negrec_fast.losses._reduce import reduce_rows
-from negrec_fast.losses.skip_infonce import next_kept_index, skip_infonce_loss
+from negrec_fast.losses.skip_infonce import check_normalize, next_kept_index, skip_infonce_loss
 
 __all__ = ["fused_skip_infonce_loss", "skip_infonce", "triton_available_for"]
 
@@ -306,6 +307,7 @@ def fused_skip_infonce_loss(
     temperature: float = 0.1,
     pad_index: int = 0,
     reduction: str = "mean",
+    normalize: str = "kept",
 ) -> Tensor:
     """Triton version of :func:`negrec_fast.losses.skip_infonce_loss` (same arguments and result).
 
@@ -315,6 +317,7 @@ def fused_skip_infonce_loss(
     """
     cand = anchors if candidates is None else candidates
     _check(anchors, items, skips, cand, temperature, reduction)
+    check_normalize(normalize)
     if cand.dtype != anchors.dtype:
         common = torch.promote_types(anchors.dtype, cand.dtype)
         anchors, cand = anchors.to(common), cand.to(common)
@@ -334,8 +337,9 @@ def fused_skip_infonce_loss(
     else:  # the kernel decides which positions are anchors (a positive and >= 1 negative)
         per_pos, is_anchor = _SkipInfoNCE.apply(anchors, cand, items.contiguous(),
                                      skipped.to(torch.int8).contiguous(), pos, 1.0 / temperature)
+    counted = pos >= 0 if normalize == "kept" else is_anchor  # kept with a later kept play
     return reduce_rows(per_pos if reduction == "none" else per_pos.flatten(),
-                       is_anchor.flatten(), reduction)
+                       counted.flatten(), reduction)
 
 
 def skip_infonce(
@@ -347,6 +351,7 @@ def skip_infonce(
     temperature: float = 0.1,
     pad_index: int = 0,
     reduction: str = "mean",
+    normalize: str = "kept",
     backend: str = "auto",
 ) -> Tensor:
     """Skip-informed InfoNCE with a choice of implementation.
@@ -356,4 +361,4 @@ def skip_infonce(
     """
     fn = fused_skip_infonce_loss if use_triton(backend, anchors, _fwd_kernel) else skip_infonce_loss
     return fn(anchors, items, skips, candidates=candidates, temperature=temperature,
-              pad_index=pad_index, reduction=reduction)
+              pad_index=pad_index, reduction=reduction, normalize=normalize)

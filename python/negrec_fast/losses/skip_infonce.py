@@ -9,12 +9,20 @@ For session ``b`` and position ``i``:
   session's), except those whose item equals the positive's item (an accidental hit).
   Padding is in neither numerator nor denominator.
 - ``i`` is an *anchor* when it has a positive and at least one negative. Other positions
-  contribute nothing: loss 0, and they are not counted by ``reduction="mean"`` (an anchor
-  whose only skipped plays are copies of its positive would otherwise add a 0 to the mean).
+  contribute nothing (loss 0, no gradient).
 - ``s(u, v) = cos(u, v) / temperature`` and
   ``loss_i = -log(exp(s(a_i, c_j)) / (exp(s(a_i, c_j)) + sum_neg exp(s(a_i, c_neg))))``
   with ``a = anchors`` and ``c = candidates`` (defaults to the anchors' tensor, e.g. item
   embeddings or encoder outputs).
+
+``reduction="mean"`` divides the sum of the anchors' losses by a count set by ``normalize``:
+
+- ``"kept"`` (default): the kept plays that have a later kept play, whether or not their
+  session skipped anything. A kept play without a usable negative enters the mean with loss
+  0, as in the papers' loss, so ``lambda`` weighs the term the same whatever share of a
+  batch's sessions has skips.
+- ``"anchors"``: the anchors only (a positive and >= 1 negative); the term's scale then
+  grows as skips get rarer in a batch.
 
 The Triton kernel in ``negrec_fast.kernels.skip_infonce`` must match this function.
 """
@@ -26,6 +34,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from negrec_fast.losses._reduce import reduce_rows
+
+
+NORMALIZE = ("kept", "anchors")
+
+
+def check_normalize(normalize: str) -> None:
+    if normalize not in NORMALIZE:
+        raise ValueError(f"normalize must be 'kept' or 'anchors', got {normalize!r}")
 
 
 def next_kept_index(kept: Tensor) -> Tensor:
@@ -49,6 +65,7 @@ def skip_infonce_loss(
     temperature: float = 0.1,
     pad_index: int = 0,
     reduction: str = "mean",
+    normalize: str = "kept",
 ) -> Tensor:
     """Skip-informed InfoNCE over ``[B, L]`` sessions.
 
@@ -58,10 +75,12 @@ def skip_infonce_loss(
         skips: ``[B, L]`` bool, True where the play was skipped.
         candidates: ``[B, L, d]`` vectors of positives/negatives; defaults to ``anchors``.
         temperature: cosine similarities are divided by it.
-        reduction: ``"mean"`` over anchors, ``"sum"``, or ``"none"`` (``[B, L]``, 0 off anchors).
+        reduction: ``"mean"``, ``"sum"``, or ``"none"`` (``[B, L]``, 0 off anchors).
+        normalize: the mean's denominator: ``"kept"`` plays with a later kept play, or ``"anchors"``.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    check_normalize(normalize)
     if candidates is None:
         candidates = anchors
     real = items != pad_index
@@ -84,4 +103,5 @@ def skip_infonce_loss(
     per_pos = torch.where(is_anchor, per_pos, per_pos.new_zeros(()))
     if reduction == "none":
         return per_pos
-    return reduce_rows(per_pos.flatten(), is_anchor.flatten(), reduction)
+    counted = kept & (nxt >= 0) if normalize == "kept" else is_anchor
+    return reduce_rows(per_pos.flatten(), counted.flatten(), reduction)
