@@ -4,7 +4,6 @@ evaluation, recommendation and the CLI."""
 from __future__ import annotations
 
 import json
-import math
 import signal
 import subprocess
 import sys
@@ -153,23 +152,43 @@ def test_resume_from_another_directory_with_more_epochs(dataset_dir, tmp_path, m
 
 def test_early_stopping_on_skip_mrr_keeps_the_lowest(dataset_dir, tmp_path):
     result = train(overrides=tiny(dataset_dir, tmp_path / "skip", "train.epochs=3",
-                                  "train.early_stopping_metric=skip_MRR@10"))
+                                  "train.early_stopping_metric=skip_MRR@10", "train.early_stopping_guard=0"))
     scores = [h["valid"]["skip_MRR@10"] for h in result.history]
     assert result.best_epoch == 1 + scores.index(min(scores))
 
 
+def popularity_hr10(dataset_dir: Path) -> float:
+    """Validation HR@10 of recommending the 10 most played training items to everyone (loops)."""
+    ds = load_dataset(dataset_dir)
+    counts = [0] * ds.vocab_size
+    for s in range(ds.n_sessions):
+        items, _ = ds.session(s)
+        for p in range(int(ds.train_end[s])):
+            counts[int(items[p])] += 1
+    top = sorted(range(2, ds.vocab_size), key=lambda i: -counts[i])[:10]
+    targets = [int(ds.session(s)[0][ds.valid_target[s]]) for s in range(ds.n_sessions) if ds.valid_target[s] >= 1]
+    return sum(t in top for t in targets) / len(targets)
+
+
 @pytest.mark.parametrize("model", ["bert4rec", "gru4rec"])
-def test_other_models_train(dataset_dir, tmp_path, model):
-    result = train(overrides=tiny(dataset_dir, tmp_path / model, f"model.name={model}", "train.epochs=1",
+def test_other_models_learn(dataset_dir, tmp_path, model):
+    """The loss falls and validation HR@10 ends well above chance (10 / n_items)."""
+    result = train(overrides=tiny(dataset_dir, tmp_path / model, f"model.name={model}", "train.lr=0.01",
                                   "loss.nce_context=encoder"))
     assert result.completed and result.test["n_kept"] > 0
-    assert math.isfinite(result.history[0]["train_loss"])
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[1] < losses[0]
+    assert result.history[-1]["valid"]["HR@10"] > 3 * 10 / load_dataset(dataset_dir).n_items
 
 
 @pytest.mark.parametrize("rec", ["full_softmax", "bce", "gbce"])
-def test_other_recommendation_losses_train(dataset_dir, tmp_path, rec):
-    result = train(overrides=tiny(dataset_dir, tmp_path / rec, f"loss.rec={rec}", "train.epochs=1"))
-    assert result.completed and result.history[0]["rec_loss"] > 0
+def test_other_recommendation_losses_learn(dataset_dir, tmp_path, rec):
+    """The main loss falls; the full softmax also beats recommending the most popular items."""
+    result = train(overrides=tiny(dataset_dir, tmp_path / rec, f"loss.rec={rec}", "train.lr=0.01"))
+    rec_losses = [h["rec_loss"] for h in result.history]
+    assert rec_losses[1] < rec_losses[0]
+    if rec == "full_softmax":
+        assert result.history[-1]["valid"]["HR@10"] > popularity_hr10(dataset_dir)
 
 
 def test_evaluate_and_recommend(dataset_dir, tmp_path, capsys):
@@ -181,7 +200,7 @@ def test_evaluate_and_recommend(dataset_dir, tmp_path, capsys):
     ds = load_dataset(dataset_dir)
     session = ds.decode(ds.items[ds.offsets[0]: ds.offsets[0] + 5])
     rec = Recommender.load(run)
-    out = rec.recommend(session + ["no-such-track"], skipped=[session[1]], k=7)
+    out = rec.recommend(session + ["no-such-track"], skipped=[session[1]], k=7, exclude_seen=True)
     assert len(out.items) == 7 and out.unknown == ["no-such-track"]
     assert not set(out.items) & set(session)
     assert out.scores == sorted(out.scores, reverse=True)
@@ -199,3 +218,36 @@ def test_evaluate_and_recommend(dataset_dir, tmp_path, capsys):
 def test_cli_reports_errors_cleanly(tmp_path, capsys):
     assert main(["train", "train.epochs=-1"]) == 2
     assert "train.epochs must be > 0, got -1" in capsys.readouterr().err
+
+
+def test_full_softmax_samples_no_negatives_whatever_the_catalogue(dataset_dir, tmp_path):
+    from negrec_fast.training import Trainer
+
+    n_items = load_dataset(dataset_dir).n_items
+    overrides = [o for o in tiny(dataset_dir, tmp_path / "full") if not o.startswith("loss.n_negatives")]
+    cfg = load_config(overrides=[*overrides, "loss.rec=full_softmax", "train.epochs=1"])
+    assert cfg.loss.n_negatives >= n_items  # the default is larger than this catalogue
+    trainer = Trainer(cfg)
+    assert trainer.loader.n_negatives == 0
+    batch = next(iter(trainer.loader.epoch(0)))
+    assert batch.negatives.numel() == 0
+    result = trainer.fit()
+    assert result.completed and result.history[0]["rec_loss"] > 0
+
+
+def test_early_stopping_on_skip_mrr_is_guarded_by_hr(dataset_dir, tmp_path, monkeypatch):
+    """Scripted validation results: epoch 3 has the lowest skip_MRR@10 but its HR@10 collapsed;
+    epoch 1 (lower skip_MRR@10 than 2 and 4) is dropped once epoch 2 shows its HR@10 is weak."""
+    import negrec_fast.training as training
+
+    script = [(0.10, 0.02), (0.40, 0.10), (0.05, 0.01), (0.38, 0.08)]  # (HR@10, skip_MRR@10)
+    valid = [{"n_kept": 50, "n_skipped": 20, "HR@10": hr, "HR@10_kept": hr, "skip_MRR@10": skip} for hr, skip in script]
+    for guard, best in ((0.9, 4), (0.0, 3)):  # without the guard, the collapsed epoch 3 wins
+        answers = iter(valid)
+        monkeypatch.setattr(training, "evaluate_model", lambda *args: next(answers))
+        cfg = load_config(overrides=tiny(dataset_dir, tmp_path / f"guard{guard}", "train.epochs=4",
+                                         "train.early_stopping_metric=skip_MRR@10", f"train.early_stopping_guard={guard}"))
+        trainer = training.Trainer(cfg)
+        for _ in script:
+            trainer._end_epoch()
+        assert trainer.best["epoch"] == best and trainer.best["valid"] == valid[best - 1]

@@ -38,7 +38,7 @@ def _recommend(args: argparse.Namespace) -> int:
     rec = Recommender.load(args.run_dir, device=args.device)
     session = [s for s in args.session.split(",") if s]
     skipped = [s for s in (args.skipped or "").split(",") if s]
-    out = rec.recommend(session, skipped=skipped, k=args.k, exclude_seen=not args.keep_seen)
+    out = rec.recommend(session, skipped=skipped, k=args.k, exclude_seen=args.exclude_seen)
     if args.json:
         print(json.dumps({"items": out.items, "scores": out.scores, "unknown": out.unknown}))
         return 0
@@ -53,7 +53,9 @@ def _generate(args: argparse.Namespace) -> int:
     from negrec_fast.synthetic import generate_mssd
 
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    path = generate_mssd(args.output, n_sessions=args.sessions, n_items=args.items, seed=args.seed)
+    path = generate_mssd(
+        args.output, n_sessions=args.sessions, n_items=args.items, seed=args.seed, chart_exponent=args.charts
+    )
     print(f"wrote {path}")
     return 0
 
@@ -99,7 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session", required=True, help="comma-separated original track ids, in play order")
     p.add_argument("--skipped", help="comma-separated tracks of the session that were skipped (never recommended)")
     p.add_argument("--k", type=_positive_int, default=10)
-    p.add_argument("--keep-seen", action="store_true", help="allow recommending tracks already in the session")
+    p.add_argument(
+        "--exclude-seen", action="store_true",
+        help="never recommend tracks already in the session (off by default, like eval.exclude_seen)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_recommend)
@@ -109,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sessions", type=_positive_int, default=20_000)
     p.add_argument("--items", type=_positive_int, default=5_000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--charts", type=float, default=0.0, metavar="EXPONENT",
+        help="off-taste plays from one global Zipf(EXPONENT) chart law, mostly skipped (0 = off, e.g. 1.2)",
+    )
     p.set_defaults(func=_generate)
     return parser
 

@@ -29,6 +29,7 @@ class DataConfig:
     synthetic_items: int = 5_000
     synthetic_seed: int = 0
     max_len: int = 20  # input plays per sequence
+    windows: str = "all"  # "all": every training play is a target each epoch; "last": last max_len only
 
 
 @dataclass
@@ -55,9 +56,13 @@ class LossConfig:
     logq: bool = True
     temperature: float = 1.0
     gbce_t: float = 0.75
+    # the session's skipped plays in the main loss (negrec_fast.losses.skip_penalty): "negatives"
+    # (extra candidates of the softmax / negatives of BCE), "unlikelihood" (-log(1 - p)), "none"
+    skip_penalty: str = "negatives"
     nce_weight: float = 0.1  # lambda of the skip-InfoNCE term; 0 disables it
     nce_temperature: float = 0.1
-    nce_context: str = "embedding"  # "embedding" (item embeddings) or "encoder" (encoder outputs)
+    nce_context: str = "embedding"  # anchors: "embedding" (item embeddings) or "encoder" (encoder outputs)
+    nce_normalize: str = "kept"  # InfoNCE mean over "kept" plays with a later kept play, or "anchors"
     backend: str = "auto"  # "auto" = Triton on GPU, reference on CPU; or "triton" / "torch"
 
 
@@ -72,6 +77,10 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     bf16: bool = True  # bf16 autocast when on GPU
     early_stopping_metric: str = "NDCG@10"  # HR@K, NDCG@K, MRR@K (higher is better) or skip_MRR@10 (lower)
+    # with skip_MRR@10: an epoch is kept only if its validation HR@10 >= this fraction of the best
+    # HR@10 so far (a kept epoch that falls below it is replaced), so a model whose HR@10 collapsed
+    # cannot win by ranking everything low; 0 disables the guard
+    early_stopping_guard: float = 0.9
     patience: int = 3  # epochs without improvement before stopping; 0 disables
     checkpoint_every: int = 0  # also save `last.pt` every N batches mid-epoch; 0 = per epoch only
     max_steps: int = 0  # stop (resumably) after N optimizer steps in this invocation; 0 = no limit
@@ -83,7 +92,9 @@ class TrainConfig:
 class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
     batch_size: int = 512
-    exclude_seen: bool = False  # never rank items already in the input session
+    # never rank the plays before the target (a held-out track among them is a miss), as
+    # Recommender.recommend(exclude_seen=True) never returns them; same default False there
+    exclude_seen: bool = False
     sampled_candidates: int = 0  # 0 = full-catalogue ranking; N = N sampled negatives per target
     seed: int = 0
 
@@ -121,11 +132,14 @@ class Config:
 
     def validate(self) -> None:
         """Check values that types alone cannot: ranges, choices, compatibility."""
+        _choice("data.windows", self.data.windows, ("all", "last"))
         _choice("model.name", self.model.name, ("sasrec", "bert4rec", "gru4rec"))
         _choice("loss.rec", self.loss.rec, ("sampled_softmax", "full_softmax", "bce", "gbce"))
         _choice("loss.skipped_targets", self.loss.skipped_targets, ("ignore", "include"))
         _choice("loss.sampling", self.loss.sampling, ("uniform", "popularity"))
+        _choice("loss.skip_penalty", self.loss.skip_penalty, ("none", "negatives", "unlikelihood"))
         _choice("loss.nce_context", self.loss.nce_context, ("embedding", "encoder"))
+        _choice("loss.nce_normalize", self.loss.nce_normalize, ("kept", "anchors"))
         _choice("loss.backend", self.loss.backend, ("auto", "triton", "torch"))
         _positive("data.max_len", self.data.max_len)
         _positive("data.synthetic_sessions", self.data.synthetic_sessions)
@@ -155,6 +169,7 @@ class Config:
             raise ConfigError(f"eval.ks must be a non-empty list of positive integers, got {self.eval.ks}")
         _positive("eval.batch_size", self.eval.batch_size)
         _non_negative("eval.sampled_candidates", self.eval.sampled_candidates)
+        _unit_interval("train.early_stopping_guard", self.train.early_stopping_guard, closed_right=True)
         if self.eval.sampled_candidates and self.eval.exclude_seen:
             raise ConfigError("eval.exclude_seen applies to full-catalogue ranking; it cannot be combined with eval.sampled_candidates")
         metric, _, k = self.train.early_stopping_metric.partition("@")

@@ -4,8 +4,22 @@
   last ``L-1`` plays with random positions masked and predicts the masked ones.
 - Only *kept* plays are positives of the recommendation loss: a target that was skipped is
   ignored (``loss.skipped_targets = "include"`` restores plain next-play training).
-- The skip-InfoNCE term uses item embeddings of the whole window (``nce_context =
-  "embedding"``) or the encoder outputs of the input window (``"encoder"``).
+- The items the session (the batch row) skipped are negatives of every prediction of that
+  row (``loss.skip_penalty``; ``negrec_fast.losses.skip_penalty``).
+- The skip-InfoNCE term (``negrec_fast.losses.skip_infonce``): anchors are kept plays,
+  the positive is the anchor's next kept play, the negatives the session's skipped plays;
+  positives and negatives are always item embeddings (``model.embed``). ``nce_context``
+  picks the anchor vector of a kept play:
+
+  - ``"embedding"``: its item embedding; the window is the batch's ``items[:, 0:L]``.
+  - ``"encoder"``: the model's query at that play, ``model.project(hidden)``, the vector
+    that is scored against the item embeddings (as the decoder output in Seshadri & Knees'
+    code). SASRec / GRU4Rec read ``items[:, :-1]`` and output ``i`` is the context after
+    play ``i`` (it predicts play ``i + 1``), so kept play ``i`` is anchored by output ``i``;
+    the window stays ``items[:, 0:L]``: the last play is a positive or negative like any
+    other but never an anchor (no play follows it, no output belongs to it). BERT4Rec reads
+    ``items[:, 1:]`` (some plays masked) and output ``i`` is the context at play ``i + 1``;
+    the window is ``items[:, 1:]``, the plays the model read, with their unmasked embeddings.
 """
 
 from __future__ import annotations
@@ -17,6 +31,7 @@ from torch import Tensor
 
 from negrec_fast.config import LossConfig
 from negrec_fast.kernels.dispatch import rec_loss, skip_infonce
+from negrec_fast.losses.skip_penalty import session_skipped_items
 
 
 @dataclass
@@ -60,6 +75,10 @@ class Objective:
             targets = targets.masked_fill(target_skips, 0)
         query = model.project(hidden)
         d = query.shape[-1]
+        row_negatives = None
+        if self.cfg.skip_penalty != "none":
+            skipped = session_skipped_items(items, skips)  # [B, L]: every prediction of a row shares them
+            row_negatives = skipped[:, None, :].expand(-1, targets.shape[1], -1).reshape(-1, skipped.shape[1])
         rec = rec_loss(
             self.cfg,
             query.reshape(-1, d),
@@ -69,15 +88,17 @@ class Objective:
             batch.neg_logq,
             n_items=self.n_items,
             item_log_freq=self.item_log_freq,
+            row_negatives=row_negatives,
         )
         if self.cfg.nce_weight <= 0:
             return rec, rec, rec.new_zeros(())
+        cfg = self.cfg
+        nce_args = dict(temperature=cfg.nce_temperature, normalize=cfg.nce_normalize, backend=cfg.backend)
         if self.cfg.nce_context == "embedding":
-            nce = skip_infonce(
-                model.embed(items), items, skips, temperature=self.cfg.nce_temperature, backend=self.cfg.backend
-            )
-        else:
-            nce = skip_infonce(
-                hidden, inputs, input_skips, temperature=self.cfg.nce_temperature, backend=self.cfg.backend
-            )
+            nce = skip_infonce(model.embed(items), items, skips, **nce_args)
+        elif self.bidirectional:  # query[:, i] is the context at play i + 1 (module docstring)
+            nce = skip_infonce(query, inputs, input_skips, candidates=model.embed(inputs), **nce_args)
+        else:  # query[:, i] is the context after play i; play L-1 has none and is no anchor
+            anchors = torch.nn.functional.pad(query, (0, 0, 0, 1))
+            nce = skip_infonce(anchors, items, skips, candidates=model.embed(items), **nce_args)
         return rec + self.cfg.nce_weight * nce, rec, nce

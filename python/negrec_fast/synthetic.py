@@ -5,7 +5,11 @@ within each; each session has a taste and each play is on-taste with probability
 `on_taste_prob`, else an item of another taste. Off-taste plays are skipped with
 probability `skip_prob_off`, on-taste ones with `skip_prob_on`, so skips tell what the
 listener does not want next. ``skip_2`` is the skip flag, ``skip_1 ⊆ skip_2 ⊆ skip_3`` and
-``not_skipped = not skip_3``; the other columns hold plausible values. The output is
+``not_skipped = not skip_3``; the other columns hold plausible values.
+
+With ``chart_exponent > 0`` off-taste plays come from one global heavy-headed "chart" law
+instead (charts, autoplay): the most played tracks are then mostly skipped ones, the pattern
+where a model that ignores skips ranks what listeners skip first. The output is
 byte-identical for the same arguments whatever the thread count (``NEGREC_NUM_THREADS``
 or `n_threads` sets it; default all cores).
 """
@@ -33,6 +37,7 @@ def generate_mssd(
     min_length: int = 10,
     max_length: int = 20,
     zipf_exponent: float = 1.0,
+    chart_exponent: float = 0.0,
     n_threads: int | None = None,
 ) -> Path:
     """Writes the log as CSV to `path` (gzip when it ends in ``.gz``) and returns the path.
@@ -52,6 +57,7 @@ def generate_mssd(
         min_length=min_length,
         max_length=max_length,
         zipf_exponent=zipf_exponent,
+        chart_exponent=chart_exponent,
         seed=seed,
         n_threads=n_threads or 0,
     )

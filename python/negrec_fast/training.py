@@ -193,11 +193,14 @@ class Trainer:
             self.dataset,
             batch_size=cfg.train.batch_size,
             seq_len=cfg.data.max_len + 1,
-            n_negatives=cfg.loss.n_negatives,
+            n_negatives=cfg.loss.n_negatives if _samples_negatives(cfg) else 0,
             distribution=cfg.loss.sampling,
             alpha=cfg.loss.alpha,
             seed=cfg.train.seed,
             prefetch=cfg.train.prefetch,
+            windows=cfg.data.windows,
+            # skipped items can be negatives when they are never positives
+            exclude="kept" if cfg.loss.skipped_targets == "ignore" else "all",
         )
         self.run_dir = run_dir or self._new_run_dir()
         _seed_everything(cfg.train.seed)
@@ -227,7 +230,7 @@ class Trainer:
         """Config values that depend on the dataset, checked before any work; on resume,
         the dataset must be the one the run started with."""
         n_items = self.dataset.n_items
-        if self.cfg.loss.n_negatives >= n_items:
+        if _samples_negatives(self.cfg) and self.cfg.loss.n_negatives >= n_items:
             raise ConfigError(
                 f"loss.n_negatives ({self.cfg.loss.n_negatives}) must be smaller than the catalogue "
                 f"({n_items} items in {self.dataset_dir})"
@@ -388,8 +391,12 @@ class Trainer:
         no_targets = valid.get("n_kept", 0) == 0
         if self.best is None or no_targets:
             improved = True
-        elif metric.startswith("skip_"):  # skip down-ranking: lower is better
-            improved = math.isfinite(score) and score < self.best["score"]
+        elif metric.startswith("skip_"):  # skip down-ranking: lower is better, guarded by HR@10
+            hr = "HR@10_kept"  # = HR@10, there whenever there are kept targets
+            best_hr = max([h["valid"].get(hr, 0.0) for h in self.history] + [valid[hr]])
+            floor = self.cfg.train.early_stopping_guard * best_hr
+            kept_ok = self.best["valid"].get(hr, 0.0) >= floor
+            improved = valid[hr] >= floor and (not kept_ok or (math.isfinite(score) and score < self.best["score"]))
         else:
             improved = math.isfinite(score) and score > self.best["score"]
         if improved:
@@ -437,6 +444,12 @@ class Trainer:
             test=test,
             history=self.history,
         )
+
+
+def _samples_negatives(cfg: Config) -> bool:
+    """Whether the main loss uses the loader's K shared sampled negatives (full_softmax scores
+    the whole catalogue, so the loader samples none)."""
+    return cfg.loss.rec != "full_softmax"
 
 
 def _batches(loader, epoch: int, start: int):

@@ -6,6 +6,11 @@
 //! (`skip_prob_off`), on-taste ones rarely (`skip_prob_on`), so skips say what the
 //! listener does not want next.
 //!
+//! With `chart_exponent > 0`, off-taste plays come instead from one global "chart" law
+//! (charts, autoplay): chart rank r is item `n_items - 1 - r` (a tail item of its own taste),
+//! drawn with probability ∝ 1 / (r + 1)^chart_exponent and redrawn while it is on the
+//! session's taste. The most played tracks are then mostly skipped ones.
+//!
 //! Sessions are generated in fixed chunks, each from its own stream keyed by
 //! `(seed, chunk)`, on a rayon pool: the file is byte-identical whatever the thread count.
 
@@ -45,6 +50,8 @@ pub struct SynthConfig {
     pub max_length: usize,
     /// Popularity of the item of rank r within its taste is ∝ 1 / (r + 1)^zipf_exponent.
     pub zipf_exponent: f64,
+    /// Zipf exponent of the global chart law of off-taste plays; 0 = a random other taste.
+    pub chart_exponent: f64,
     pub seed: u64,
     /// Worker threads; 0 = `NEGREC_NUM_THREADS`, else all cores.
     pub n_threads: usize,
@@ -62,6 +69,7 @@ impl Default for SynthConfig {
             min_length: 10,
             max_length: 20,
             zipf_exponent: 1.0,
+            chart_exponent: 0.0,
             seed: 0,
             n_threads: 0,
         }
@@ -89,8 +97,10 @@ impl SynthConfig {
         if self.min_length < 1 || self.min_length > self.max_length {
             return bad(format!("need 1 <= min_length <= max_length, got {} and {}", self.min_length, self.max_length));
         }
-        if !(self.zipf_exponent.is_finite() && self.zipf_exponent >= 0.0) {
-            return bad(format!("zipf_exponent must be finite and >= 0, got {}", self.zipf_exponent));
+        for (name, e) in [("zipf_exponent", self.zipf_exponent), ("chart_exponent", self.chart_exponent)] {
+            if !(e.is_finite() && e >= 0.0) {
+                return bad(format!("{name} must be finite and >= 0, got {e}"));
+            }
         }
         Ok(())
     }
@@ -159,6 +169,8 @@ struct World<'a> {
     /// Zipf draws over the ranks of a taste with `n / T + 1` items and of one with `n / T`.
     zipf_big: AliasTable,
     zipf_small: Option<AliasTable>,
+    /// Global chart ranks of off-taste plays (`chart_exponent > 0`).
+    charts: Option<AliasTable>,
     track_ids: Vec<[u8; 18]>,
     dates: Vec<[u8; 10]>,
     session_key: u64,
@@ -177,6 +189,10 @@ impl<'a> World<'a> {
             config,
             zipf_big: zipf(small + 1),
             zipf_small: (small > 0).then(|| zipf(small)),
+            charts: (config.chart_exponent > 0.0).then(|| {
+                let weights: Vec<f64> = (0..n).map(|r| ((r + 1) as f64).powf(-config.chart_exponent)).collect();
+                AliasTable::new(&weights)
+            }),
             track_ids,
             dates: (0..N_DAYS).map(date).collect(),
             session_key: mix64(config.seed ^ STREAM_SESSION_ID),
@@ -221,8 +237,18 @@ impl<'a> World<'a> {
 
         for position in 1..=length {
             let on_taste = rng.chance(cfg.on_taste_prob);
-            let play_taste = if on_taste { taste } else { (taste + 1 + rng.below(t as u64 - 1) as usize) % t };
-            let item = self.item(play_taste, rng);
+            let item = match &self.charts {
+                Some(charts) if !on_taste => loop {
+                    let item = cfg.n_items - 1 - charts.draw(rng) as usize;
+                    if item % t != taste {
+                        break item;
+                    }
+                },
+                _ => {
+                    let play_taste = if on_taste { taste } else { (taste + 1 + rng.below(t as u64 - 1) as usize) % t };
+                    self.item(play_taste, rng)
+                }
+            };
             let skip_2 = rng.chance(if on_taste { cfg.skip_prob_on } else { cfg.skip_prob_off });
             let skip_1 = skip_2 && rng.chance(0.5);
             let skip_3 = skip_2 || rng.chance(0.1);
@@ -383,6 +409,33 @@ mod tests {
         let (on_rate, off_rate) = (on.0 / on.1, off.0 / off.1);
         assert!((on_rate - 0.15).abs() < 0.03, "on-taste skip rate {on_rate}");
         assert!((off_rate - 0.8).abs() < 0.05, "off-taste skip rate {off_rate}");
+    }
+
+    #[test]
+    fn chart_mode_makes_the_most_played_tracks_mostly_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("charts.csv");
+        let config = SynthConfig { chart_exponent: 1.5, on_taste_prob: 0.7, ..small(3, 2) };
+        generate_mssd(&path, &config).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let index: HashMap<String, usize> = (0..config.n_items).map(|i| (track_id(i), i)).collect();
+        let (mut plays, mut skips) = (vec![0usize; config.n_items], vec![0usize; config.n_items]);
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split(',').collect();
+            let item = index[fields[3]];
+            plays[item] += 1;
+            skips[item] += (fields[5] == "True") as usize;
+        }
+        let top = (0..config.n_items).max_by_key(|&i| plays[i]).unwrap();
+        assert_eq!(top, config.n_items - 1, "the chart head is the last item id");
+        let rate = |items: std::ops::Range<usize>| {
+            items.clone().map(|i| skips[i]).sum::<usize>() as f64 / items.map(|i| plays[i]).sum::<usize>() as f64
+        };
+        let (head, rest) = (rate(config.n_items - 10..config.n_items), rate(0..config.n_items - 10));
+        assert!(head > 0.7 && rest < 0.4, "skip rate of the chart head {head}, of the rest {rest}");
+        let base = dir.path().join("base.csv");
+        generate_mssd(&base, &small(3, 2)).unwrap();
+        assert_ne!(std::fs::read(&base).unwrap(), text.into_bytes());
     }
 
     #[test]

@@ -7,13 +7,14 @@ reference. Both paths have the same signature and, within tolerance, the same va
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
 from torch import Tensor
 
 from negrec_fast import losses
+from negrec_fast.losses import skip_penalty
+from negrec_fast.losses._reduce import reduce_rows
 from negrec_fast.config import LossConfig
 from negrec_fast.errors import ConfigError
 
@@ -42,14 +43,17 @@ def rec_loss(
     *,
     n_items: int,
     item_log_freq: Tensor | None = None,
+    row_negatives: Tensor | None = None,
     compact: bool | None = None,
 ) -> Tensor:
     """The main recommendation loss over ``[N, d]`` queries; ``targets == 0`` rows are ignored.
 
     With ``cfg.logq`` (sampled softmax only), each candidate's logit is reduced by the log of
-    its expected count in the candidate set: ``log(K q_c)`` for the K sampled negatives
-    (``neg_logq = log q_c``) and ``log(N p_c)`` for the N in-batch targets, ``p_c`` being the
+    its expected count in the candidate set: ``neg_logq = log pi_c`` for the K sampled negatives
+    (``pi_c``: inclusion probability) and ``log(N p_c)`` for the N in-batch targets, ``p_c`` being the
     item's frequency among training targets (``item_log_freq``), the positive included.
+    ``row_negatives``: ``[N, M]`` each row's session-skipped items (0 = none), used as
+    ``cfg.skip_penalty`` says (``negrec_fast.losses.skip_penalty``).
     ``compact`` drops padding rows first (default: on CPU only).
     """
     triton = use_triton(cfg.backend, query)
@@ -60,26 +64,41 @@ def rec_loss(
         # the shapes stay static (no host sync, CUDA-graph friendly) and masks do the work.
         keep = targets != 0
         query, targets = query[keep], targets[keep]
+        if row_negatives is not None:
+            row_negatives = row_negatives[keep]
+    penalty = "none" if row_negatives is None else cfg.skip_penalty
+    if penalty != "none" and cfg.rec in ("bce", "gbce"):
+        # for a binary loss both penalties are the same thing: more negatives of the row
+        negatives = torch.cat([negatives.expand(targets.shape[0], -1), row_negatives], dim=1)
+    reduction = "mean" if penalty == "none" or cfg.rec in ("bce", "gbce") else "none"
+    target_logq = None
     if cfg.rec == "sampled_softmax":
         kwargs: dict = dict(temperature=cfg.temperature)
         if cfg.logq:
             if item_log_freq is None:
                 raise ConfigError("loss.logq needs the training item frequencies")
             n_rows = (targets != 0).sum().clamp(min=1).float()
-            kwargs["neg_logq"] = neg_logq + math.log(negatives.numel())
+            kwargs["neg_logq"] = neg_logq
             # padding rows keep a finite (masked) term: an infinite one would give NaN gradients
-            kwargs["target_logq"] = torch.where(targets != 0, item_log_freq[targets] + n_rows.log(), 0.0)
+            kwargs["target_logq"] = target_logq = torch.where(
+                targets != 0, item_log_freq[targets] + n_rows.log(), 0.0
+            )
         if triton:
             from negrec_fast.kernels.sampled_softmax import fused_sampled_softmax_loss
 
-            return fused_sampled_softmax_loss(query, item_weight, targets, negatives, **kwargs)
-        return losses.sampled_softmax_loss(query, item_weight, targets, negatives, **kwargs)
+            per_row = fused_sampled_softmax_loss(query, item_weight, targets, negatives, reduction=reduction, **kwargs)
+        else:
+            per_row = losses.sampled_softmax_loss(query, item_weight, targets, negatives, reduction=reduction, **kwargs)
+        return _skip_penalty(cfg, penalty, per_row, query, item_weight, targets, row_negatives, target_logq)
     if cfg.rec == "full_softmax":
+        kwargs = dict(temperature=cfg.temperature, reduction=reduction)
         if triton:
             from negrec_fast.kernels.linear_cross_entropy import fused_linear_cross_entropy_loss
 
-            return fused_linear_cross_entropy_loss(query, item_weight, targets, temperature=cfg.temperature)
-        return losses.full_softmax_loss(query, item_weight, targets, temperature=cfg.temperature)
+            per_row = fused_linear_cross_entropy_loss(query, item_weight, targets, **kwargs)
+        else:
+            per_row = losses.full_softmax_loss(query, item_weight, targets, **kwargs)
+        return _skip_penalty(cfg, penalty, per_row, query, item_weight, targets, row_negatives, None)
     if cfg.rec == "bce":
         return losses.bce_loss(query / cfg.temperature, item_weight, targets, negatives)
     if cfg.rec == "gbce":
@@ -87,10 +106,40 @@ def rec_loss(
     raise ConfigError(f"loss.rec {cfg.rec!r} is not a known loss")
 
 
-def skip_infonce(anchors: Tensor, items: Tensor, skips: Tensor, *, temperature: float, backend: str) -> Tensor:
-    """Skip-informed InfoNCE with the configured backend."""
+def _skip_penalty(cfg, penalty, per_row, query, item_weight, targets, row_negatives, target_logq) -> Tensor:
+    """Mean softmax loss over valid rows, with the row negatives used as ``penalty`` says."""
+    if penalty == "none":
+        return per_row
+    valid = targets != 0
+    skip_logits = skip_penalty.row_negative_logits(query, item_weight, targets, row_negatives) / cfg.temperature
+    positive = (query.float() * item_weight[targets].float()).sum(dim=1) / cfg.temperature
+    if target_logq is not None:
+        positive = positive - target_logq
+    has = torch.isfinite(skip_logits).any(dim=1) & valid
+    # rows without a usable negative get finite placeholders (no NaN gradients through -inf rows)
+    safe = torch.where(has[:, None], skip_logits, 0.0)
+    if penalty == "negatives":
+        extra = skip_penalty.with_skip_negatives(per_row, positive, safe)
+    else:
+        extra = per_row + skip_penalty.unlikelihood(per_row, positive, safe)
+    per_row = torch.where(has, extra, per_row)
+    return reduce_rows(per_row, valid, "mean")
+
+
+def skip_infonce(
+    anchors: Tensor,
+    items: Tensor,
+    skips: Tensor,
+    *,
+    candidates: Tensor | None = None,
+    temperature: float,
+    normalize: str = "kept",
+    backend: str,
+) -> Tensor:
+    """Skip-informed InfoNCE with the configured backend (``candidates`` defaults to ``anchors``)."""
+    kwargs = dict(candidates=candidates, temperature=temperature, normalize=normalize)
     if use_triton(backend, anchors):
         from negrec_fast.kernels.skip_infonce import fused_skip_infonce_loss
 
-        return fused_skip_infonce_loss(anchors, items, skips, temperature=temperature)
-    return losses.skip_infonce_loss(anchors, items, skips, temperature=temperature)
+        return fused_skip_infonce_loss(anchors, items, skips, **kwargs)
+    return losses.skip_infonce_loss(anchors, items, skips, **kwargs)
