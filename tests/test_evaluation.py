@@ -63,7 +63,7 @@ class FixedScores(torch.nn.Module):
         super().__init__()
         self.table = table
 
-    def next_query(self, items: torch.Tensor) -> torch.Tensor:
+    def next_query(self, items: torch.Tensor, skips: torch.Tensor | None = None) -> torch.Tensor:
         return items[:, -1]
 
     def score_all(self, last: torch.Tensor) -> torch.Tensor:
@@ -133,7 +133,7 @@ class WindowScores(torch.nn.Module):
         self.table = torch.randint(-10_000, 10_000, (vocab_size, vocab_size), generator=gen).double()
         self.weight = torch.arange(1, max_len + 1, dtype=torch.float64)
 
-    def next_query(self, items: torch.Tensor) -> torch.Tensor:
+    def next_query(self, items: torch.Tensor, skips: torch.Tensor | None = None) -> torch.Tensor:
         return (self.table[items] * self.weight[:, None]).sum(dim=1)
 
     def score_all(self, query: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from negrec_fast.data import prepare
+from negrec_fast.cli import main
+from negrec_fast.data import load_dataset, prepare
 from negrec_fast.errors import InputError
 
 KEEP_ALL = dict(min_length=1, max_length=None, progress=False)
@@ -67,8 +68,36 @@ def test_recbole_inter(tmp_path):
         "1\t10\t4.0\t881250949\n1\t20\t1.0\t881250950\n2\t10\t2.0\t891717742\n1\t30\t5.0\t881250960\n"
     )
     ds = prepare(path, tmp_path / "out", format="recbole", rating_column="rating", threshold=3.0, **KEEP_ALL)
-    assert as_lists(ds) == [("1#0", ["10", "20", "30"], [0, 1, 0]), ("2#0", ["10"], [1])]
+    assert as_lists(ds) == [("1", ["10", "20", "30"], [0, 1, 0]), ("2", ["10"], [1])]
     assert ds.timestamps.tolist() == [881250949, 881250950, 881250960, 891717742]
+
+
+def recbole_rows() -> list[tuple[str, str, int]]:
+    """(user, item, time) rows in file order: user a has 30 plays hours apart with shuffled
+    times and ties, user b 7 plays, user c 3; the users are interleaved."""
+    times = [7200 * ((i * 7) % 13) for i in range(30)]  # 13 distinct times, each used 2-3 times
+    rows = [("a", f"i{i}", t) for i, t in enumerate(times)]
+    rows += [("b", f"j{i}", 100 * (7 - i)) for i in range(7)] + [("c", f"k{i}", i) for i in range(3)]
+    return [rows[i] for i in sorted(range(len(rows)), key=lambda i: (i * 11) % len(rows))]
+
+
+def test_recbole_default_is_one_time_ordered_sequence_per_user(tmp_path):
+    rows = recbole_rows()
+    path = tmp_path / "hand.inter"
+    path.write_text("user_id:token\titem_id:token\ttimestamp:float\n" + "".join(f"{u}\t{i}\t{t}\n" for u, i, t in rows))
+    # RecBole: a user's rows sorted by time, ties kept in file order (a stable sort).
+    expected = {u: [i for _, i, _ in sorted((r for r in rows if r[0] == u), key=lambda r: r[2])] for u in "abc"}
+    ds = prepare(path, tmp_path / "out", format="recbole", progress=False)  # default filters
+    assert [(k, items) for k, items, _ in as_lists(ds)] == [("a", expected["a"]), ("b", expected["b"])]
+    assert ds.manifest["rules"]["max_length"] is None and ds.manifest["rules"]["session_gap"] is None
+    assert main(["prepare", "--format", "recbole", "--no-progress", str(path), str(tmp_path / "cli")]) == 0
+    assert [items for _, items, _ in as_lists(load_dataset(tmp_path / "cli"))] == [expected["a"], expected["b"]]
+
+    # With a session gap, histories are cut where consecutive plays are more than it apart.
+    cut = prepare(path, tmp_path / "gap", format="recbole", session_gap=7200, min_length=1, progress=False)
+    assert [k for k, _, _ in as_lists(cut)] == ["a#0", "b#0", "c#0"]
+    cut = prepare(path, tmp_path / "gap2", format="recbole", session_gap=7199, min_length=1, progress=False)
+    assert [k for k, _, _ in as_lists(cut)][:13] == [f"a#{n}" for n in range(13)]
 
 
 def test_parquet_events(tmp_path):

@@ -224,3 +224,39 @@ def test_cuda_matches_cpu(name):
     if name == "bert4rec":  # a CPU generator drives masking of CUDA ids
         masked, targets = cuda.mask_items(x.cuda(), 0.5, torch.Generator().manual_seed(0))
         assert masked.is_cuda and torch.equal((masked == 1).cpu(), (targets != 0).cpu())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_skip_inputs_read_the_flags_of_real_plays_only(name):
+    x = torch.tensor([left_pad([5, 6, 7], 6), [2, 3, 4, 5, 6, 7]])
+    kept = torch.zeros_like(x, dtype=torch.bool)
+    flagged = kept.clone()
+    flagged[0, 4] = flagged[1, 2] = True
+    on_padding = kept.clone()
+    on_padding[0, 0] = True  # a flag on a padding column is ignored
+    model = make(name, skip_inputs=True)
+    torch.testing.assert_close(model.encode(x, kept), model.encode(x))  # no flags = every play kept
+    torch.testing.assert_close(model.encode(x, on_padding), model.encode(x, kept))
+    assert not torch.allclose(model.next_query(x, flagged), model.next_query(x, kept))
+    # the flag adds the learned "skipped" vector instead of the "kept" one to that play's input
+    w = model.skip_embedding.weight
+    torch.testing.assert_close(
+        model.input_embedding(x, flagged)[1, 2] - model.input_embedding(x, kept)[1, 2], w[1] - w[0]
+    )
+    plain = make(name)  # without skip inputs the flags change nothing
+    torch.testing.assert_close(plain.next_query(x, flagged), plain.next_query(x, kept))
+
+
+def test_bert4rec_skip_flags_follow_their_plays_through_the_appended_mask():
+    model = make("bert4rec", skip_inputs=True)
+    full = torch.tensor([[2, 3, 4, 5, 6, 7, 8, 9]])  # max_len plays: shifted left, mask last
+    short = torch.tensor([left_pad([5, 6, 7], 5)])  # shorter: a column appended for the mask
+    for x, flags, want_items, want_flags in (
+        (full, [0, 1, 0, 0, 0, 0, 1, 0], [3, 4, 5, 6, 7, 8, 9, 1], [1, 0, 0, 0, 0, 1, 0, 0]),
+        (short, [0, 0, 1, 0, 1], [0, 0, 5, 6, 7, 1], [0, 0, 1, 0, 1, 0]),
+    ):
+        skips = torch.tensor([flags], dtype=torch.bool)
+        items, column, shifted = model.append_mask(x, skips)
+        assert items.tolist() == [want_items] and shifted.int().tolist() == [want_flags]
+        expect = model.project(model.encode(items, shifted))[0, column]
+        torch.testing.assert_close(model.next_query(x, skips), expect)

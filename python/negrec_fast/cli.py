@@ -1,4 +1,4 @@
-"""The ``negrec-fast`` command line: prepare, generate, train, evaluate, recommend."""
+"""The ``negrec-fast`` command line: prepare, generate, train, tune, evaluate, recommend, export."""
 
 from __future__ import annotations
 
@@ -23,6 +23,21 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from negrec_fast.tune import tune
+
+    result = tune(
+        args.config, args.space, trials=args.trials, overrides=args.overrides, study_name=args.study,
+        study_dir=args.dir, storage=args.storage, seed=args.seed, prune_startup=args.prune_startup,
+        prune_warmup=args.prune_warmup,
+    )
+    print((result.study_dir / "summary.md").read_text())
+    print(f"study folder: {result.study_dir} (study.csv, summary.md, trial-NNNN/)")
+    if result.best_config is not None:
+        print(f"best config: {result.best_config} (negrec-fast train --config {result.best_config})")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from negrec_fast.evaluation import evaluate, format_table
 
@@ -36,6 +51,8 @@ def _recommend(args: argparse.Namespace) -> int:
     from negrec_fast.recommend import Recommender
 
     rec = Recommender.load(args.run_dir, device=args.device)
+    if args.input is not None:
+        return _recommend_file(rec, args)
     session = [s for s in args.session.split(",") if s]
     skipped = [s for s in (args.skipped or "").split(",") if s]
     out = rec.recommend(session, skipped=skipped, k=args.k, exclude_seen=args.exclude_seen)
@@ -46,6 +63,40 @@ def _recommend(args: argparse.Namespace) -> int:
         print(f"unknown ids (ignored): {', '.join(out.unknown)}", file=sys.stderr)
     for rank, (item, score) in enumerate(zip(out.items, out.scores), start=1):
         print(f"{rank:>3}  {item}  {score:.4f}")
+    return 0
+
+
+def _recommend_file(rec, args: argparse.Namespace) -> int:
+    from negrec_fast.batch_recommend import recommend_file
+    from negrec_fast.data.prepare import MAPPING_KEYS
+    from negrec_fast.errors import ConfigError
+
+    if args.output is None:
+        raise ConfigError("--input needs --output (a .parquet or .csv file)")
+    options = {key: getattr(args, key) for key in MAPPING_KEYS}
+    out = recommend_file(
+        rec, args.input, args.output, k=args.k, exclude_seen=args.exclude_seen, exclude_skipped=args.exclude_skipped,
+        batch_size=args.batch_size, progress=args.progress, format=args.format, skip_rule=args.skip_rule,
+        session_gap=args.session_gap, durations=args.durations, on_bad_rows=args.on_bad_rows, **options,
+    )
+    print(f"wrote top-{args.k} recommendations of {out.n_sessions} sessions to {out.output} ({out.seconds:.1f}s)")
+    if out.n_unknown_plays:
+        examples = ", ".join(out.unknown_ids[:5]) + (", ..." if len(out.unknown_ids) > 5 else "")
+        print(
+            f"{out.n_unknown_plays} of {out.n_plays} plays ({len(out.unknown_ids)} distinct ids: {examples}) are not "
+            "in the run's vocabulary and were ignored",
+            file=sys.stderr,
+        )
+    if out.n_empty_sessions:
+        print(f"{out.n_empty_sessions} sessions had no known play (recommended as empty sessions)", file=sys.stderr)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from negrec_fast.export import export
+
+    out = export(args.run_dir, args.output, format=args.format, checkpoint=args.checkpoint)
+    print(f"wrote {args.format} export of {args.run_dir} to {out}")
     return 0
 
 
@@ -69,7 +120,8 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from negrec_fast import __version__
-    from negrec_fast.data.cli import add_prepare_parser
+    from negrec_fast.data.cli import _session_gap, add_prepare_parser
+    from negrec_fast.data.prepare import FORMATS, MAPPING_KEYS
 
     parser = argparse.ArgumentParser(
         prog="negrec-fast",
@@ -89,6 +141,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. train.epochs=5")
     p.set_defaults(func=_train)
 
+    p = sub.add_parser("tune", help="hyperparameter search with Optuna (pip install 'negrec-fast[tune]')")
+    p.add_argument("--config", help="base TOML config (every trial starts from it)")
+    p.add_argument(
+        "--space", required=True,
+        help='TOML search space: one table per config key, e.g. ["train.lr"] low = 1e-4, high = 1e-2, log = true',
+    )
+    p.add_argument("--trials", type=_positive_int, required=True, help="finished trials the study should have")
+    p.add_argument("--study", help="study name (default: the space file's stem)")
+    p.add_argument("--dir", help="study folder for the trials' run folders and the summary (default: run.dir/STUDY)")
+    p.add_argument(
+        "--storage", help="Optuna storage: a SQLite file or an SQLAlchemy URL (default: STUDY_DIR/study.db); "
+        "the same command with the same storage continues the study",
+    )
+    p.add_argument("--seed", type=int, default=0, help="sampler seed")
+    p.add_argument("--prune-startup", type=int, default=5, metavar="N", help="trials finished before pruning starts")
+    p.add_argument("--prune-warmup", type=int, default=0, metavar="EPOCHS", help="epochs of a trial never pruned")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="overrides of the base config")
+    p.set_defaults(func=_tune)
+
     p = sub.add_parser("evaluate", help="evaluate a run's checkpoint and print a metrics table")
     p.add_argument("run_dir")
     p.add_argument("--split", choices=("valid", "test"), default="test")
@@ -96,9 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("recommend", help="recommend next tracks for a session with a trained run")
+    p = sub.add_parser(
+        "recommend", help="recommend next tracks for a session, or for every session of a file, with a trained run"
+    )
     p.add_argument("run_dir")
-    p.add_argument("--session", required=True, help="comma-separated original track ids, in play order")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--session", help="comma-separated original track ids, in play order")
+    what.add_argument(
+        "--input", metavar="SESSIONS",
+        help="sessions file or folder of shards (the formats and column mapping of `prepare`); needs --output",
+    )
     p.add_argument("--skipped", help="comma-separated tracks of the session that were skipped (never recommended)")
     p.add_argument("--k", type=_positive_int, default=10)
     p.add_argument(
@@ -107,7 +185,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    batch = p.add_argument_group("sessions from a file (--input)")
+    batch.add_argument("--output", help="recs.parquet (a row per session, list columns) or recs.csv (a row per item)")
+    batch.add_argument(
+        "--exclude-skipped", action=argparse.BooleanOptionalAction, default=True,
+        help="never recommend a session's skipped tracks (default: on, like --skipped)",
+    )
+    batch.add_argument("--batch-size", type=_positive_int, default=256, help="sessions per device batch (default 256)")
+    batch.add_argument("--format", default="events", choices=FORMATS, help="input format (default events)")
+    batch.add_argument("--skip-rule", default="skip_2", choices=("skip_1", "skip_2", "skip_3", "not_skipped"))
+    batch.add_argument("--session-gap", type=_session_gap, default="auto", help="as for prepare")
+    batch.add_argument("--durations", help="as for prepare")
+    batch.add_argument("--on-bad-rows", default="error", choices=("error", "skip"))
+    batch.add_argument("--no-progress", dest="progress", action="store_false")
+    cols = p.add_argument_group("column mapping of --input (events, recbole; as for prepare)")
+    for key in MAPPING_KEYS:
+        named = key in ("session", "user", "item", "timestamp", "position")
+        cols.add_argument(
+            f"--{key}-column" if named else f"--{key.replace('_', '-')}", dest=key,
+            type=float if key == "threshold" else str, default="s" if key == "timestamp_unit" else None,
+        )
     p.set_defaults(func=_recommend)
+
+    p = sub.add_parser(
+        "export", help="export a run's encoder and query head (torch.export, ONNX or TorchScript) with its item table"
+    )
+    p.add_argument("run_dir")
+    p.add_argument("output", metavar="OUT", help="a new (or empty) folder")
+    p.add_argument("--format", choices=("export", "onnx", "torchscript"), default="export")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("generate", help="write a synthetic MSSD-format log with planted skip structure")
     p.add_argument("output", help="CSV path (.gz compresses)")

@@ -42,6 +42,7 @@ class ModelConfig:
     dropout: float = 0.2
     norm_first: bool = False
     mask_prob: float = 0.2  # BERT4Rec masking probability
+    skip_inputs: bool = False  # add a learned skip-flag embedding to each input play
 
 
 @dataclass
@@ -59,6 +60,7 @@ class LossConfig:
     # the session's skipped plays in the main loss (negrec_fast.losses.skip_penalty): "negatives"
     # (extra candidates of the softmax / negatives of BCE), "unlikelihood" (-log(1 - p)), "none"
     skip_penalty: str = "negatives"
+    skip_weight: float = 1.0  # each skipped item counts this many times (negatives) / scales the term
     nce_weight: float = 0.1  # lambda of the skip-InfoNCE term; 0 disables it
     nce_temperature: float = 0.1
     nce_context: str = "embedding"  # anchors: "embedding" (item embeddings) or "encoder" (encoder outputs)
@@ -103,6 +105,7 @@ class EvalConfig:
 class RunConfig:
     dir: str = "runs"  # parent folder of run folders
     name: str = ""  # run folder name; empty = model name + timestamp
+    tensorboard: bool = False  # also write TensorBoard scalars to RUN_DIR/tensorboard (needs tensorboard)
 
 
 @dataclass
@@ -138,6 +141,7 @@ class Config:
         _choice("loss.skipped_targets", self.loss.skipped_targets, ("ignore", "include"))
         _choice("loss.sampling", self.loss.sampling, ("uniform", "popularity"))
         _choice("loss.skip_penalty", self.loss.skip_penalty, ("none", "negatives", "unlikelihood"))
+        _positive("loss.skip_weight", self.loss.skip_weight)
         _choice("loss.nce_context", self.loss.nce_context, ("embedding", "encoder"))
         _choice("loss.nce_normalize", self.loss.nce_normalize, ("kept", "anchors"))
         _choice("loss.backend", self.loss.backend, ("auto", "triton", "torch"))

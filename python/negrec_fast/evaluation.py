@@ -37,6 +37,7 @@ class EvalExamples:
     """Held-out examples of one split, as numpy arrays."""
 
     inputs: np.ndarray  # int64 [E, max_len], left-padded
+    input_skips: np.ndarray  # bool [E, max_len], True where the input play was skipped
     targets: np.ndarray  # int64 [E] kept target item
     skipped_example: np.ndarray  # int64 [M] example index of each held-out skipped track
     skipped_items: np.ndarray  # int64 [M] item of each held-out skipped track
@@ -65,6 +66,7 @@ def build_examples(dataset, split: str, max_len: int) -> EvalExamples:
     src = starts[:, None] + pos[:, None] - max_len + cols[None, :]
     real = cols[None, :] >= first_real[:, None]
     inputs = np.where(real, items[np.where(real, src, 0)], 0).astype(np.int64)
+    input_skips = real & (skips[np.where(real, src, 0)] != 0)
     targets = items[starts + pos].astype(np.int64)
 
     end = lengths.copy()
@@ -78,6 +80,7 @@ def build_examples(dataset, split: str, max_len: int) -> EvalExamples:
     is_skip = skips[play] != 0
     return EvalExamples(
         inputs=inputs,
+        input_skips=input_skips,
         targets=targets,
         skipped_example=example[is_skip].astype(np.int64),
         skipped_items=items[play[is_skip]].astype(np.int64),
@@ -113,7 +116,8 @@ def evaluate_model(model, dataset, split: str, cfg: EvalConfig, max_len: int, de
     for lo in range(0, len(examples), cfg.batch_size):
         hi = min(lo + cfg.batch_size, len(examples))
         inputs = torch.from_numpy(examples.inputs[lo:hi]).to(device)
-        scores = model.score_all(model.next_query(inputs)).float()
+        input_skips = torch.from_numpy(examples.input_skips[lo:hi]).to(device)
+        scores = model.score_all(model.next_query(inputs, input_skips)).float()
         a, b = np.searchsorted(skip_ex, [lo, hi])
         rows = torch.cat([torch.arange(hi - lo), torch.from_numpy(skip_ex[a:b] - lo)]).to(device)
         held_out = torch.from_numpy(np.concatenate([examples.targets[lo:hi], skip_items[a:b]])).to(device)

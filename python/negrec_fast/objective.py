@@ -64,13 +64,14 @@ class Objective:
             inputs, input_skips = items[:, 1:], skips[:, 1:]
             masked, targets = model.mask_items(inputs, self.mask_prob, generator)
             target_skips = input_skips
-            hidden = model.encode(masked)
+            # a masked play's flag would tell whether its target was kept: masks read as kept
+            hidden = model.encode(masked, input_skips & (targets == 0))
         else:
             inputs, input_skips = items[:, :-1], skips[:, :-1]
             targets, target_skips = items[:, 1:], skips[:, 1:]
             # a session's first play has no context to be predicted from
             targets = targets.masked_fill(inputs == 0, 0)
-            hidden = model.encode(inputs)
+            hidden = model.encode(inputs, input_skips)
         if self.cfg.skipped_targets == "ignore":
             targets = targets.masked_fill(target_skips, 0)
         query = model.project(hidden)

@@ -12,7 +12,7 @@ import torch
 
 from negrec_fast.checkpoint import load_checkpoint
 from negrec_fast.config import Config
-from negrec_fast.errors import ConfigError
+from negrec_fast.errors import ConfigError, InputError
 
 
 @dataclass
@@ -37,7 +37,8 @@ class Recommender:
     def load(cls, run_dir: str | Path, *, checkpoint: str = "best", device: str = "cpu") -> Recommender:
         """Load ``RUN_DIR/{checkpoint}.pt`` (``weights_only``) and the run's dataset vocabulary."""
         from negrec_fast.data import load_dataset
-        from negrec_fast.training import build_model_for, resolve_device
+        from negrec_fast.data.dataset import VOCAB_FILE
+        from negrec_fast.training import CHECKPOINT_FORMAT, build_model_for, resolve_device
 
         run_dir = Path(run_dir)
         path = run_dir / f"{checkpoint}.pt"
@@ -45,8 +46,23 @@ class Recommender:
             raise ConfigError(f"{run_dir} has no {checkpoint}.pt checkpoint (is it a finished run folder?)")
         dev = resolve_device(device)
         state = load_checkpoint(path, map_location=dev)
+        version = state.get("format")
+        if version != CHECKPOINT_FORMAT:
+            newer = isinstance(version, int) and version > CHECKPOINT_FORMAT
+            raise InputError(
+                f"{path}: checkpoint format {version!r} is not supported (this negrec-fast reads format "
+                f"{CHECKPOINT_FORMAT}{'; the run was written by a newer version, upgrade negrec-fast' if newer else ''})"
+            )
         config = Config.from_dict(state["config"])
-        info = json.loads((run_dir / "dataset.json").read_text())
+        info_path = run_dir / "dataset.json"
+        if not info_path.is_file():
+            raise InputError(f"{info_path}: not found; it names the dataset (and vocabulary) the run was trained on")
+        info = json.loads(info_path.read_text())
+        vocab_path = Path(info["path"]) / VOCAB_FILE
+        if not vocab_path.is_file():
+            raise InputError(
+                f"{vocab_path}: the run's vocabulary is missing (the dataset named in {info_path} was moved or deleted)"
+            )
         dataset = load_dataset(info["path"])
         if info.get("checksum") and dataset.manifest.get("checksum") != info["checksum"]:
             raise ConfigError(f"the dataset at {info['path']} changed since the run was trained (checksum differs)")
@@ -76,11 +92,13 @@ class Recommender:
         unknown = list(unknown) + [s for s in unknown_skipped if s not in unknown]
         max_len = self.config.data.max_len
         inputs = np.zeros((1, max_len), dtype=np.int64)
+        flags = np.zeros((1, max_len), dtype=bool)  # a play of a skipped track is a skipped play
         tail = known[-max_len:]
         if len(tail):
             inputs[0, max_len - len(tail):] = tail
+            flags[0, max_len - len(tail):] = np.isin(tail, np.asarray(skipped_ids, dtype=np.int64))
         x = torch.from_numpy(inputs).to(self.device)
-        scores = self.model.score_all(self.model.next_query(x))[0].float()
+        scores = self.model.score_all(self.model.next_query(x, torch.from_numpy(flags).to(self.device)))[0].float()
         banned = [int(i) for i in np.asarray(skipped_ids) if i >= 2]
         if exclude_seen:
             banned.extend(int(i) for i in known)

@@ -9,7 +9,9 @@ listener does not want next. ``skip_2`` is the skip flag, ``skip_1 âŠ† skip_2 âŠ
 
 With ``chart_exponent > 0`` off-taste plays come from one global heavy-headed "chart" law
 instead (charts, autoplay): the most played tracks are then mostly skipped ones, the pattern
-where a model that ignores skips ranks what listeners skip first. The output is
+where a model that ignores skips ranks what listeners skip first. A share
+``chart_keep_share`` of sessions keeps chart plays as often as on-taste ones, so a session's
+own skips tell whether charts suit it. The output is
 byte-identical for the same arguments whatever the thread count (``NEGREC_NUM_THREADS``
 or `n_threads` sets it; default all cores).
 """
@@ -38,6 +40,7 @@ def generate_mssd(
     max_length: int = 20,
     zipf_exponent: float = 1.0,
     chart_exponent: float = 0.0,
+    chart_keep_share: float = 0.0,
     n_threads: int | None = None,
 ) -> Path:
     """Writes the log as CSV to `path` (gzip when it ends in ``.gz``) and returns the path.
@@ -58,6 +61,7 @@ def generate_mssd(
         max_length=max_length,
         zipf_exponent=zipf_exponent,
         chart_exponent=chart_exponent,
+        chart_keep_share=chart_keep_share,
         seed=seed,
         n_threads=n_threads or 0,
     )

@@ -3,9 +3,10 @@
 A run folder holds ``config.toml`` (the resolved config), ``environment.json`` (versions,
 device, git commit), ``dataset.json`` (which processed dataset, with its checksum),
 ``metrics.jsonl`` (one line per epoch), ``best.pt`` / ``last.pt`` checkpoints (model,
-optimizer, RNG and loader position; written atomically, loaded with ``weights_only=True``)
-and, at the end, ``test_metrics.json``. ``resume=RUN_DIR`` continues from ``last.pt``: on CPU
-with the same seed a resumed run ends with the same metrics as an uninterrupted one.
+optimizer, RNG and loader position; written atomically, loaded with ``weights_only=True``),
+with ``run.tensorboard`` a ``tensorboard/`` event folder (``negrec_fast.tracking``), and at the
+end ``test_metrics.json``. ``resume=RUN_DIR`` continues from ``last.pt``: on CPU with the same
+seed a resumed run ends with the same metrics as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +41,10 @@ RESUME_OVERRIDES = frozenset(
     {"train.epochs", "train.max_steps", "train.patience", "train.progress", "train.checkpoint_every", "train.device",
      "train.prefetch"}
 )
+# Called after each epoch is logged with (its metrics.jsonl record, the best epoch so far:
+# {"epoch", "score", "metric", "valid"}); returning True ends training there, as early stopping
+# does (the best checkpoint is then tested; the run folder stays valid and resumable).
+EpochCallback = Callable[[dict[str, Any], dict[str, Any]], bool | None]
 
 
 @dataclass
@@ -58,6 +64,7 @@ def train(
     *,
     overrides: list[str] | tuple[str, ...] = (),
     resume: str | Path | None = None,
+    callbacks: Sequence[EpochCallback] = (),
 ) -> RunResult:
     """Train a model as configured; see the module docstring for the run folder.
 
@@ -65,7 +72,8 @@ def train(
     ``overrides`` are ``section.key=value`` strings applied on top. With ``resume``, the
     config is the run folder's own; only the keys in ``RESUME_OVERRIDES`` (more epochs,
     another step limit, ...) may be overridden, and the dataset is the one recorded in
-    ``dataset.json``, whatever the current directory.
+    ``dataset.json``, whatever the current directory. ``callbacks`` see each epoch
+    (:data:`EpochCallback`).
     """
     if resume is not None:
         if config is not None:
@@ -83,8 +91,8 @@ def train(
         checkpoint = load_checkpoint(run_dir / "last.pt")
     else:
         cfg = _as_config(config, overrides)
-        checkpoint = None
-    return Trainer(cfg, resume_from=checkpoint, run_dir=run_dir if resume is not None else None).fit()
+        checkpoint, run_dir = None, None
+    return Trainer(cfg, resume_from=checkpoint, run_dir=run_dir, callbacks=callbacks).fit()
 
 
 def _as_config(config: Config | dict | str | Path | None, overrides) -> Config:
@@ -126,7 +134,9 @@ def build_model_for(cfg: Config, vocab_size: int) -> torch.nn.Module:
     from negrec_fast.models import build_model
 
     m = cfg.model
-    options: dict[str, Any] = dict(max_len=cfg.data.max_len, d_model=m.d_model, dropout=m.dropout)
+    options: dict[str, Any] = dict(
+        max_len=cfg.data.max_len, d_model=m.d_model, dropout=m.dropout, skip_inputs=m.skip_inputs
+    )
     if m.name in ("sasrec", "bert4rec"):
         options.update(n_heads=m.n_heads, n_layers=m.n_layers, d_ff=m.d_ff, norm_first=m.norm_first)
     else:
@@ -177,11 +187,22 @@ def _source_commit() -> str | None:
 class Trainer:
     """One training run; ``fit()`` runs it to the end (or to ``train.max_steps``)."""
 
-    def __init__(self, cfg: Config, *, resume_from: dict[str, Any] | None = None, run_dir: Path | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        resume_from: dict[str, Any] | None = None,
+        run_dir: Path | None = None,
+        callbacks: Sequence[EpochCallback] = (),
+    ):
         from negrec_fast.data import load_dataset
         from negrec_fast.sampling import BatchLoader
+        from negrec_fast.tracking import TensorBoardLogger, require_tensorboard
 
+        if cfg.run.tensorboard:
+            require_tensorboard()  # before any work
         self.cfg = cfg
+        self.callbacks = list(callbacks)
         self.device = resolve_device(cfg.train.device)
         if run_dir is not None:  # resuming: the dataset the run started with
             self.dataset_dir = Path(json.loads((run_dir / "dataset.json").read_text())["path"])
@@ -225,6 +246,7 @@ class Trainer:
             self._restore(resume_from)
         else:
             self._write_run_files()
+        self.tensorboard = TensorBoardLogger(self.run_dir) if cfg.run.tensorboard else None
 
     def _check_dataset(self, run_dir: Path | None) -> None:
         """Config values that depend on the dataset, checked before any work; on resume,
@@ -313,6 +335,13 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------
     def fit(self) -> RunResult:
+        try:
+            return self._fit()
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+
+    def _fit(self) -> RunResult:
         cfg = self.cfg.train
         steps_this_call = 0
         stopped = self.best is not None and cfg.patience and self.bad_epochs >= cfg.patience
@@ -425,14 +454,20 @@ class Trainer:
                 + (" *" if improved else ""),
                 file=sys.stderr,
             )
+        if self.tensorboard is not None:
+            self.tensorboard.log_epoch(record)
+        # every callback sees the epoch, even when an earlier one asks to stop
+        stop = [bool(callback(record, self.best)) for callback in self.callbacks]
         patience = self.cfg.train.patience
-        return bool(patience and self.bad_epochs >= patience)
+        return any(stop) or bool(patience and self.bad_epochs >= patience)
 
     def _final_test(self) -> dict[str, float]:
         best = load_checkpoint(self.run_dir / "best.pt", map_location=self.device)
         self.model.load_state_dict(best["model"])
         test = evaluate_model(self.model, self.dataset, "test", self.cfg.eval, self.cfg.data.max_len, self.device)
         _write_json(self.run_dir / "test_metrics.json", {"best_epoch": best["epoch"], "test": test})
+        if self.tensorboard is not None:
+            self.tensorboard.log_test(test, best["epoch"])
         return test
 
     def _result(self, *, completed: bool, test: dict[str, float] | None = None) -> RunResult:

@@ -38,8 +38,9 @@ pub struct Rules {
     /// Keep a seeded uniform sample (without replacement) of this many windows, in file order.
     pub max_sessions: Option<usize>,
     pub seed: u64,
-    /// Inactivity gap (seconds) that ends a user's session (timestamped, user-keyed formats).
-    pub session_gap: i64,
+    /// Inactivity gap (seconds) that ends a user's session (timestamped, user-keyed formats);
+    /// None keeps each user's history one sequence (RecBole's meaning).
+    pub session_gap: Option<i64>,
 }
 
 impl Default for Rules {
@@ -51,7 +52,7 @@ impl Default for Rules {
             require_skip: false,
             max_sessions: None,
             seed: 0,
-            session_gap: 1800,
+            session_gap: Some(1800),
         }
     }
 }
@@ -129,7 +130,11 @@ pub fn input_bytes(paths: &[PathBuf]) -> Result<u64> {
 pub fn run(paths: &[PathBuf], format: &Format, options: &Options, progress: &AtomicU64) -> Result<Dataset> {
     options.split.validate()?;
     let rules = &options.rules;
-    if rules.min_length == 0 || rules.max_length == Some(0) || rules.min_remainder == 0 || rules.session_gap < 0 {
+    if rules.min_length == 0
+        || rules.max_length == Some(0)
+        || rules.min_remainder == 0
+        || rules.session_gap.is_some_and(|g| g < 0)
+    {
         return Err(Error::Config("min_length, max_length and min_remainder must be >= 1 and session_gap >= 0".into()));
     }
     let files = source::list_files(paths)?;
@@ -156,7 +161,8 @@ pub fn run(paths: &[PathBuf], format: &Format, options: &Options, progress: &Ato
     // Sessions of consecutive rows already in order need no sort, and their order values are
     // needed later only as times or for gaps and durations.
     let sorted = layout.consecutive && build::runs_sorted(&parsed.chunks);
-    let keep_order = !sorted || layout.timestamps || layout.gap_cut || options.durations.is_some();
+    let gap = rules.session_gap.filter(|_| layout.gap_cut);
+    let keep_order = !sorted || layout.timestamps || gap.is_some() || options.durations.is_some();
     if keep_order && parsed.chunks.iter().any(|c| c.order.len() != c.items.len()) {
         // Sessions out of order across chunks, each chunk in order (so none kept its order
         // values): read again, keeping them.
@@ -170,7 +176,7 @@ pub fn run(paths: &[PathBuf], format: &Format, options: &Options, progress: &Ato
     if layout.ordered && !sorted {
         build::sort_groups(&mut rows, &groups);
     }
-    let sessions = build::sessions(&rows, &groups, layout.gap_cut.then_some(rules.session_gap));
+    let sessions = build::sessions(&rows, &groups, gap);
     if let Some(path) = &options.durations {
         let table = durations::read(path)?;
         let per_raw: Vec<f64> = merged.raw_keys.iter().map(|k| table.get(*k).copied().unwrap_or(f64::NAN)).collect();

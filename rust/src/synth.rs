@@ -9,7 +9,9 @@
 //! With `chart_exponent > 0`, off-taste plays come instead from one global "chart" law
 //! (charts, autoplay): chart rank r is item `n_items - 1 - r` (a tail item of its own taste),
 //! drawn with probability ∝ 1 / (r + 1)^chart_exponent and redrawn while it is on the
-//! session's taste. The most played tracks are then mostly skipped ones.
+//! session's taste. The most played tracks are then mostly skipped ones. A share
+//! `chart_keep_share` of sessions likes the charts: it skips chart plays only as often as
+//! on-taste ones, so a session's own skips tell whether to recommend them.
 //!
 //! Sessions are generated in fixed chunks, each from its own stream keyed by
 //! `(seed, chunk)`, on a rayon pool: the file is byte-identical whatever the thread count.
@@ -52,6 +54,8 @@ pub struct SynthConfig {
     pub zipf_exponent: f64,
     /// Zipf exponent of the global chart law of off-taste plays; 0 = a random other taste.
     pub chart_exponent: f64,
+    /// Share of sessions that keep chart plays as they keep on-taste ones (chart mode only).
+    pub chart_keep_share: f64,
     pub seed: u64,
     /// Worker threads; 0 = `NEGREC_NUM_THREADS`, else all cores.
     pub n_threads: usize,
@@ -70,6 +74,7 @@ impl Default for SynthConfig {
             max_length: 20,
             zipf_exponent: 1.0,
             chart_exponent: 0.0,
+            chart_keep_share: 0.0,
             seed: 0,
             n_threads: 0,
         }
@@ -89,6 +94,7 @@ impl SynthConfig {
             ("on_taste_prob", self.on_taste_prob),
             ("skip_prob_on", self.skip_prob_on),
             ("skip_prob_off", self.skip_prob_off),
+            ("chart_keep_share", self.chart_keep_share),
         ] {
             if !(0.0..=1.0).contains(&p) {
                 return bad(format!("{name} must be a probability in [0, 1], got {p}"));
@@ -234,6 +240,7 @@ impl<'a> World<'a> {
         let mut context = CONTEXT_TYPES[rng.below(CONTEXT_TYPES.len() as u64) as usize];
         let mut reason_start = if rng.chance(0.7) { "clickrow" } else { "playbtn" };
         let id = mix64((s as u64) ^ self.session_key);
+        let likes_charts = self.charts.is_some() && rng.chance(cfg.chart_keep_share);
 
         for position in 1..=length {
             let on_taste = rng.chance(cfg.on_taste_prob);
@@ -249,7 +256,8 @@ impl<'a> World<'a> {
                     self.item(play_taste, rng)
                 }
             };
-            let skip_2 = rng.chance(if on_taste { cfg.skip_prob_on } else { cfg.skip_prob_off });
+            let liked = on_taste || likes_charts;
+            let skip_2 = rng.chance(if liked { cfg.skip_prob_on } else { cfg.skip_prob_off });
             let skip_1 = skip_2 && rng.chance(0.5);
             let skip_3 = skip_2 || rng.chance(0.1);
             let context_switch = position > 1 && rng.chance(0.03);

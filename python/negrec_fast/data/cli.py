@@ -10,11 +10,18 @@ from negrec_fast.data.prepare import FORMATS, prepare
 from negrec_fast.errors import NegrecError
 
 
-def _max_length(text: str) -> int | None:
-    """`--max-length 0` or `none` disables cutting long sessions."""
+def _max_length(text: str) -> int | str | None:
+    """`--max-length 0` or `none` disables cutting long sessions; `auto` is the format's default."""
     if text.lower() in ("0", "none"):
         return None
-    return int(text)
+    return "auto" if text.lower() == "auto" else int(text)
+
+
+def _session_gap(text: str) -> int | str | None:
+    """`--session-gap none` keeps each user's history one sequence; `auto` is the format's default."""
+    if text.lower() == "none":
+        return None
+    return "auto" if text.lower() == "auto" else int(text)
 
 
 def add_prepare_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -30,12 +37,15 @@ def add_prepare_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--skip-rule", default="skip_2", choices=("skip_1", "skip_2", "skip_3", "not_skipped"), help="MSSD skip label")
     p.add_argument("--min-length", type=int, default=6, help="minimum plays of a kept session/full window (default 6)")
-    p.add_argument("--max-length", type=_max_length, default=20, help="cut longer sessions into windows (0 = no cut)")
+    p.add_argument("--max-length", type=_max_length, default="auto", help="cut longer sessions into windows (0 = no cut; default 20, no cut for recbole)")
     p.add_argument("--min-remainder", type=int, default=5, help="minimum plays of the last window of a cut session (default 5)")
     p.add_argument("--require-skip", action=argparse.BooleanOptionalAction, default=None, help="drop sessions without a skip (default: on for mssd)")
     p.add_argument("--max-sessions", type=int, default=None, help="keep a seeded uniform sample of this many sessions")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--session-gap", type=int, default=1800, help="inactivity gap (s) cutting user sessions")
+    p.add_argument(
+        "--session-gap", type=_session_gap, default="auto",
+        help="inactivity gap (s) cutting user histories into sessions (none = one per user; default 1800, none for recbole)",
+    )
     p.add_argument("--durations", default=None, help="track durations table (track_id, duration_seconds) to derive skips")
     p.add_argument("--split", default="leave-last-out", choices=("leave-last-out", "temporal"))
     p.add_argument("--valid-fraction", type=float, default=0.1)

@@ -99,7 +99,7 @@ def prepare(
     format: str,
     skip_rule: str = "skip_2",
     min_length: int = 6,
-    max_length: int | None = 20,
+    max_length: int | None | str = "auto",
     min_remainder: int = 5,
     require_skip: bool | None = None,
     max_sessions: int | None = None,
@@ -107,7 +107,7 @@ def prepare(
     split: str = "leave-last-out",
     valid_fraction: float = 0.1,
     test_fraction: float = 0.1,
-    session_gap: int = 1800,
+    session_gap: int | None | str = "auto",
     durations: PathArg | None = None,
     session: str | None = None,
     user: str | None = None,
@@ -136,10 +136,13 @@ def prepare(
     Filters, in order: a session (and each full window of a cut one) needs ``min_length`` plays;
     sessions longer than ``max_length`` (None = no cut) are cut into windows of ``max_length``
     plays, the shorter last window (remainder) kept only with ``min_remainder`` plays (defaults
-    6/20/5: windows of 20, remainders of >= 5 kept); ``require_skip`` (default: on for
-    MSSD, off otherwise) drops windows without a skip; ``max_sessions`` keeps a ``seed``-ed uniform
-    sample in file order. User-keyed timestamped logs are cut into sessions at gaps over
-    ``session_gap`` seconds (keys ``user#n``); windows of a cut session get ``:w`` appended.
+    6/20/5: windows of 20, remainders of >= 5 kept; ``"auto"``: 20, no cut for ``recbole``);
+    ``require_skip`` (default: on for MSSD, off otherwise) drops windows without a skip;
+    ``max_sessions`` keeps a ``seed``-ed uniform sample in file order. User-keyed timestamped
+    logs are cut into sessions at gaps over ``session_gap`` seconds (keys ``user#n``; None = one
+    sequence per user; ``"auto"``: 1800, None for ``recbole``); windows of a cut session get
+    ``:w`` appended. ``recbole`` thus follows RecBole by default: one sequence per user
+    (``user_id``), ordered by timestamp, ties in file order.
     Skips: MSSD ``skip_rule`` (``skip_1``, ``skip_2`` = default, ``skip_3``, ``not_skipped``);
     events/recbole one of ``skip_column`` (boolean), ``ratio_column`` (< ``threshold``),
     ``play_time_column``/``duration_column`` (ratio < ``threshold``), ``rating_column``
@@ -156,6 +159,13 @@ def prepare(
         raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
     if on_bad_rows not in ("error", "skip"):
         raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {on_bad_rows!r}")
+    if max_length == "auto":
+        max_length = None if format == "recbole" else 20
+    if session_gap == "auto":
+        session_gap = None if format == "recbole" else 1800
+    for name, value in (("max_length", max_length), ("session_gap", session_gap)):
+        if isinstance(value, str):
+            raise ValueError(f"{name} must be an integer, None or 'auto', got {value!r}")
     for name, value in (
         ("min_length", min_length),
         ("max_length", max_length),

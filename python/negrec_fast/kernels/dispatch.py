@@ -7,9 +7,12 @@ reference. Both paths have the same signature and, within tolerance, the same va
 
 from __future__ import annotations
 
+import math
+
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from negrec_fast import losses
@@ -67,10 +70,7 @@ def rec_loss(
         if row_negatives is not None:
             row_negatives = row_negatives[keep]
     penalty = "none" if row_negatives is None else cfg.skip_penalty
-    if penalty != "none" and cfg.rec in ("bce", "gbce"):
-        # for a binary loss both penalties are the same thing: more negatives of the row
-        negatives = torch.cat([negatives.expand(targets.shape[0], -1), row_negatives], dim=1)
-    reduction = "mean" if penalty == "none" or cfg.rec in ("bce", "gbce") else "none"
+    reduction = "mean" if penalty == "none" else "none"
     target_logq = None
     if cfg.rec == "sampled_softmax":
         kwargs: dict = dict(temperature=cfg.temperature)
@@ -100,28 +100,36 @@ def rec_loss(
             per_row = losses.full_softmax_loss(query, item_weight, targets, **kwargs)
         return _skip_penalty(cfg, penalty, per_row, query, item_weight, targets, row_negatives, None)
     if cfg.rec == "bce":
-        return losses.bce_loss(query / cfg.temperature, item_weight, targets, negatives)
+        per_row = losses.bce_loss(query / cfg.temperature, item_weight, targets, negatives, reduction=reduction)
+        return _skip_penalty(cfg, penalty, per_row, query, item_weight, targets, row_negatives, None)
     if cfg.rec == "gbce":
-        return losses.gbce_loss(query / cfg.temperature, item_weight, targets, negatives, n_items=n_items, t=cfg.gbce_t)
+        per_row = losses.gbce_loss(
+            query / cfg.temperature, item_weight, targets, negatives, n_items=n_items, t=cfg.gbce_t, reduction=reduction
+        )
+        return _skip_penalty(cfg, penalty, per_row, query, item_weight, targets, row_negatives, None)
     raise ConfigError(f"loss.rec {cfg.rec!r} is not a known loss")
 
 
 def _skip_penalty(cfg, penalty, per_row, query, item_weight, targets, row_negatives, target_logq) -> Tensor:
-    """Mean softmax loss over valid rows, with the row negatives used as ``penalty`` says."""
+    """Mean loss over valid rows, with the row negatives used as ``penalty`` says, each weighing
+    ``cfg.skip_weight``."""
     if penalty == "none":
         return per_row
     valid = targets != 0
     skip_logits = skip_penalty.row_negative_logits(query, item_weight, targets, row_negatives) / cfg.temperature
+    if cfg.rec in ("bce", "gbce"):  # both penalties are the same for a binary loss: more negatives
+        extra = torch.where(torch.isneginf(skip_logits), 0.0, F.softplus(skip_logits)).sum(dim=1)
+        return reduce_rows(torch.where(valid, per_row + cfg.skip_weight * extra, 0.0), valid, "mean")
     positive = (query.float() * item_weight[targets].float()).sum(dim=1) / cfg.temperature
     if target_logq is not None:
         positive = positive - target_logq
     has = torch.isfinite(skip_logits).any(dim=1) & valid
     # rows without a usable negative get finite placeholders (no NaN gradients through -inf rows)
     safe = torch.where(has[:, None], skip_logits, 0.0)
-    if penalty == "negatives":
-        extra = skip_penalty.with_skip_negatives(per_row, positive, safe)
+    if penalty == "negatives":  # each skipped item counts skip_weight times in the denominator
+        extra = skip_penalty.with_skip_negatives(per_row, positive, safe + math.log(cfg.skip_weight))
     else:
-        extra = per_row + skip_penalty.unlikelihood(per_row, positive, safe)
+        extra = per_row + cfg.skip_weight * skip_penalty.unlikelihood(per_row, positive, safe)
     per_row = torch.where(has, extra, per_row)
     return reduce_rows(per_row, valid, "mean")
 

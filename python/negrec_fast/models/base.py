@@ -43,7 +43,7 @@ class SequentialModel(nn.Module):
     Subclasses implement ``encode(items) -> hidden[B, L, d]``.
     """
 
-    def __init__(self, vocab_size: int, max_len: int, d_model: int, pad_index: int) -> None:
+    def __init__(self, vocab_size: int, max_len: int, d_model: int, pad_index: int, skip_inputs: bool = False) -> None:
         super().__init__()
         check_vocab(vocab_size, pad_index)
         check_positive("max_len", max_len)
@@ -60,6 +60,10 @@ class SequentialModel(nn.Module):
         nn.init.normal_(self.item_embedding.weight, std=d_model**-0.5)
         with torch.no_grad():
             self.item_embedding.weight[pad_index].zero_()
+        # skip-aware inputs: a learned vector for "kept" (0) and "skipped" (1) added to each input play
+        self.skip_embedding = nn.Embedding(2, d_model) if skip_inputs else None
+        if self.skip_embedding is not None:
+            nn.init.normal_(self.skip_embedding.weight, std=d_model**-0.5)
 
     @property
     def item_weight(self) -> Tensor:
@@ -80,12 +84,21 @@ class SequentialModel(nn.Module):
         """``[B, L, d]`` item embeddings (no position, no dropout): the InfoNCE candidates."""
         return self.item_embedding(items)
 
-    def encode(self, items: Tensor) -> Tensor:  # pragma: no cover - abstract
+    def input_embedding(self, items: Tensor, skips: Tensor | None) -> Tensor:
+        """``[B, L, d]`` embedding of the input plays: the item's, plus its skip flag's when the
+        model has skip-aware inputs (``skips`` None = every play kept)."""
+        x = self.item_embedding(items)
+        if self.skip_embedding is not None:
+            flags = torch.zeros_like(items) if skips is None else skips.long() * (items != self.pad_index)
+            x = x + self.skip_embedding(flags)
+        return x
+
+    def encode(self, items: Tensor, skips: Tensor | None = None) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward(self, items: Tensor) -> Tensor:
-        """``[B, L, d]`` query at every position (``project(encode(items))``)."""
-        return self.project(self.encode(items))
+    def forward(self, items: Tensor, skips: Tensor | None = None) -> Tensor:
+        """``[B, L, d]`` query at every position (``project(encode(items, skips))``)."""
+        return self.project(self.encode(items, skips))
 
     def project(self, hidden: Tensor) -> Tensor:
         """Output head ``GELU(Linear(hidden))``; scores are ``project(h) @ item_weight.T``."""
@@ -96,9 +109,10 @@ class SequentialModel(nn.Module):
         columns = torch.arange(items.shape[1], device=items.device)
         return torch.where(items != self.pad_index, columns, 0).amax(dim=1)
 
-    def next_query(self, items: Tensor) -> Tensor:
-        """``[B, d]`` query for the item after each row's last play (the query at that play)."""
-        hidden = self.encode(items)
+    def next_query(self, items: Tensor, skips: Tensor | None = None) -> Tensor:
+        """``[B, d]`` query for the item after each row's last play (the query at that play);
+        ``skips`` ``[B, L]`` flags the input plays that were skipped (read by skip-aware models)."""
+        hidden = self.encode(items, skips)
         last = self.last_real_index(items)
         return self.project(hidden[torch.arange(items.shape[0], device=items.device), last])
 

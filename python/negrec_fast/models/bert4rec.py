@@ -30,8 +30,11 @@ class BERT4Rec(TransformerModel):
         norm_first: bool = False,
         pad_index: int = 0,
         mask_index: int = 1,
+        skip_inputs: bool = False,
     ) -> None:
-        super().__init__(vocab_size, max_len, d_model, n_heads, n_layers, d_ff, dropout, norm_first, pad_index)
+        super().__init__(
+            vocab_size, max_len, d_model, n_heads, n_layers, d_ff, dropout, norm_first, pad_index, skip_inputs
+        )
         if not 0 <= mask_index < N_RESERVED or mask_index == self.pad_index:
             raise ValueError(
                 f"mask_index must be the reserved id that is not pad_index={self.pad_index}, "
@@ -75,28 +78,40 @@ class BERT4Rec(TransformerModel):
         targets = torch.where(masked, items, self.pad_index)
         return torch.where(masked, self.mask_index, items), targets
 
-    def append_mask(self, items: Tensor) -> tuple[Tensor, Tensor]:
-        """Put ``[MASK]`` right after each row's last play; return ``(items, mask_column)``.
+    def append_mask(self, items: Tensor, skips: Tensor | None = None):
+        """Put ``[MASK]`` right after each row's last play; return ``(items, mask_column)``, or
+        ``(items, mask_column, skips)`` when ``skips`` flags are given (they follow their plays;
+        the mask is flagged kept).
 
         Shorter than ``max_len``: a padding column is appended first, so nothing is lost.
         Otherwise a row whose last column is a real play is shifted left (its first play is
         dropped). LEFT-padded rows thus always get the mask in the last column.
         """
+        columns = [items] if skips is None else [items, skips.to(items.dtype)]
+        fills = (self.pad_index, 0)  # padding id for items, "kept" for flags
         if items.shape[1] < self.max_len:
-            items = torch.cat([items, torch.full_like(items[:, :1], self.pad_index)], dim=1)
+            columns = [torch.cat([c, torch.full_like(c[:, :1], f)], dim=1) for c, f in zip(columns, fills)]
+        items = columns[0]
         length = items.shape[1]
         real = items != self.pad_index
         last = torch.where(real.any(dim=1), self.last_real_index(items), -1)
         full = last == length - 1
-        shifted = torch.cat([items[:, 1:], torch.full_like(items[:, :1], self.pad_index)], dim=1)
-        items = torch.where(full[:, None], shifted, items)
         column = torch.where(full, length - 1, last + 1)
-        items = items.scatter(1, column[:, None], self.mask_index)
-        return items, column
+        out = []
+        for c, f in zip(columns, fills):
+            shifted = torch.cat([c[:, 1:], torch.full_like(c[:, :1], f)], dim=1)
+            out.append(torch.where(full[:, None], shifted, c))
+        items = out[0].scatter(1, column[:, None], self.mask_index)
+        if skips is None:
+            return items, column
+        return items, column, out[1].scatter(1, column[:, None], 0).bool()
 
-    def next_query(self, items: Tensor) -> Tensor:
-        """``[B, d]`` query read at a ``[MASK]`` appended after each row's last play."""
+    def next_query(self, items: Tensor, skips: Tensor | None = None) -> Tensor:
+        """``[B, d]`` query read at a ``[MASK]`` appended after each row's last play (flagged kept)."""
         self.check_items(items)
-        with_mask, column = self.append_mask(items)
-        hidden = self.encode(with_mask)
+        if skips is None:
+            with_mask, column = self.append_mask(items)
+        else:
+            with_mask, column, skips = self.append_mask(items, skips)
+        hidden = self.encode(with_mask, skips)
         return self.project(hidden[torch.arange(items.shape[0], device=items.device), column])

@@ -24,8 +24,9 @@ class GRU4Rec(SequentialModel):
         n_layers: int = 1,
         dropout: float = 0.2,
         pad_index: int = 0,
+        skip_inputs: bool = False,
     ) -> None:
-        super().__init__(vocab_size, max_len, d_model, pad_index)
+        super().__init__(vocab_size, max_len, d_model, pad_index, skip_inputs)
         check_positive("n_layers", n_layers)
         check_dropout(dropout)
         self.embedding_dropout = nn.Dropout(dropout)
@@ -33,14 +34,15 @@ class GRU4Rec(SequentialModel):
             d_model, d_model, n_layers, batch_first=True, dropout=dropout if n_layers > 1 else 0.0
         )
 
-    def encode(self, items: Tensor) -> Tensor:
+    def encode(self, items: Tensor, skips: Tensor | None = None) -> Tensor:
         """``[B, L, d]`` GRU state after each play (zeros at padding)."""
         self.check_items(items)
         b, length = items.shape
         real = items != self.pad_index
         # real plays first, in order, then padding; run the GRU on the packed real plays
         order = torch.argsort((~real).to(torch.int8), dim=1, stable=True)
-        compact = self.embedding_dropout(self.item_embedding(items.gather(1, order)))
+        flags = None if skips is None else skips.gather(1, order)
+        compact = self.embedding_dropout(self.input_embedding(items.gather(1, order), flags))
         lengths = real.sum(dim=1).clamp(min=1).cpu()
         packed = pack_padded_sequence(compact, lengths, batch_first=True, enforce_sorted=False)
         out, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=length)

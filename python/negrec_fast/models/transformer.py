@@ -72,8 +72,9 @@ class TransformerModel(SequentialModel):
         dropout: float = 0.2,
         norm_first: bool = False,
         pad_index: int = 0,
+        skip_inputs: bool = False,
     ) -> None:
-        super().__init__(vocab_size, max_len, d_model, pad_index)
+        super().__init__(vocab_size, max_len, d_model, pad_index, skip_inputs)
         check_positive("n_heads", n_heads)
         check_positive("n_layers", n_layers)
         check_positive("d_ff", d_ff)
@@ -97,11 +98,11 @@ class TransformerModel(SequentialModel):
             allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=real.device).tril()
         return allowed | torch.eye(length, dtype=torch.bool, device=real.device)
 
-    def encode(self, items: Tensor) -> Tensor:
+    def encode(self, items: Tensor, skips: Tensor | None = None) -> Tensor:
         """``[B, L, d]`` hidden state at every position (zeros at padding)."""
         self.check_items(items)
         real = items != self.pad_index
-        x = self.item_embedding(items) + self.position_embedding(positions_from_first_real(real))
+        x = self.input_embedding(items, skips) + self.position_embedding(positions_from_first_real(real))
         x = self.embedding_dropout(self.embedding_norm(x))
         allowed = self.attention_mask(real)
         for block in self.blocks:

@@ -471,7 +471,7 @@ mod tests {
 
     fn rules(min_length: usize, max_length: Option<usize>, require_skip: bool) -> Rules {
         let min_remainder = min_length;
-        Rules { min_length, max_length, min_remainder, require_skip, max_sessions: None, seed: 0, session_gap: 1800 }
+        Rules { min_length, max_length, min_remainder, require_skip, ..Rules::default() }
     }
 
     #[test]

@@ -59,7 +59,8 @@ pub struct EventsSpec {
     /// Session column; default `session_id` when the header has it.
     pub session: Option<String>,
     /// User column, used when there is no session column; default `user_id`.
-    /// Sessions of a user are cut at inactivity gaps when there are timestamps.
+    /// With timestamps, a user's plays are ordered by time and, given a session gap
+    /// (`Rules::session_gap`), cut into sessions at inactivity gaps.
     pub user: Option<String>,
     /// Item column; default `item_id`.
     pub item: Option<String>,
@@ -111,7 +112,7 @@ pub(crate) struct Layout {
     pub consecutive: bool,
     /// `order` holds unix seconds (kept in the output).
     pub timestamps: bool,
-    /// Groups are users, cut into sessions at inactivity gaps.
+    /// Groups are timestamped users, cut into sessions at inactivity gaps when a gap is given.
     pub gap_cut: bool,
     /// Rows carry an order value to sort by within a group.
     pub ordered: bool,

@@ -81,7 +81,7 @@ fn input_bytes(paths: Vec<PathBuf>) -> PyResult<u64> {
 #[pyfunction]
 #[pyo3(name = "ingest", signature = (
     paths, format, *, skip_rule="skip_2", min_length=6, max_length=Some(20), min_remainder=5, require_skip=false,
-    max_sessions=None, seed=0, session_gap=1800, split="leave-last-out", valid_fraction=0.1,
+    max_sessions=None, seed=0, session_gap=Some(1800), split="leave-last-out", valid_fraction=0.1,
     test_fraction=0.1, durations=None, session=None, user=None, item=None, timestamp=None,
     position=None, timestamp_unit="s", skip_column=None, ratio_column=None, play_time_column=None,
     duration_column=None, rating_column=None, threshold=None, delimiter=None, skip_bad_rows=false,
@@ -99,7 +99,7 @@ fn run_ingest<'py>(
     require_skip: bool,
     max_sessions: Option<usize>,
     seed: u64,
-    session_gap: i64,
+    session_gap: Option<i64>,
     split: &str,
     valid_fraction: f64,
     test_fraction: f64,

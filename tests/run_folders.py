@@ -1,0 +1,29 @@
+"""A run folder with a randomly initialised model, for tests of code that loads trained runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from negrec_fast.checkpoint import save_checkpoint
+from negrec_fast.config import Config
+from negrec_fast.data import load_dataset
+from negrec_fast.training import CHECKPOINT_FORMAT, build_model_for
+
+
+def random_run(dataset_dir: Path, run_dir: Path, model: str = "sasrec", max_len: int = 8, seed: int = 0) -> Path:
+    """``run_dir`` with config, dataset.json and a ``best.pt`` of a tiny random ``model``."""
+    options = {"name": model, "d_model": 16, "n_layers": 1, "dropout": 0.1}
+    if model != "gru4rec":
+        options.update(n_heads=2, d_ff=16)
+    cfg = Config.from_dict({"data": {"path": str(dataset_dir), "max_len": max_len}, "model": options})
+    dataset = load_dataset(dataset_dir)
+    torch.manual_seed(seed)
+    net = build_model_for(cfg, dataset.vocab_size)
+    run_dir.mkdir(parents=True)
+    info = {"path": str(Path(dataset_dir).resolve()), "checksum": dataset.manifest.get("checksum")}
+    (run_dir / "dataset.json").write_text(json.dumps(info))
+    save_checkpoint(run_dir / "best.pt", {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "model": net.state_dict()})
+    return run_dir
