@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from negrec_fast.config import Config, tomllib, to_toml
+from negrec_fast.config import Config, read_toml, to_toml
 from negrec_fast.errors import ConfigError
 from negrec_fast.training import _as_config, dataset_path, train
 
@@ -147,13 +147,7 @@ def load_space(path: str | Path, base: Config) -> list[Param]:
     """The searched keys of a space file, each checked against ``base``: the key exists, the
     bounds or choices have its type and each one alone gives a valid config."""
     path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read search space file {path}: {exc.strerror}") from None
+    raw = read_toml(path, "search space file")
     specs: dict[str, dict[str, Any]] = {}
     _flatten(raw, "", specs, path)
     if not specs:
