@@ -80,9 +80,14 @@ def test_run_folder_contents(dataset_dir, tmp_path):
     assert test["test"] == result.test and result.test["n_kept"] > 0
 
 
+# Bitwise-equal runs need one intra-op thread: with several, CPU matmuls may split their sums
+# differently from one call to the next (observed: 1 float32 ulp in one batch loss of 32).
+ONE_THREAD = "train.threads=1"
+
+
 def test_resume_after_max_steps_matches_uninterrupted_run(dataset_dir, tmp_path):
-    full = train(overrides=tiny(dataset_dir, tmp_path / "full"))
-    part = train(overrides=tiny(dataset_dir, tmp_path / "part", "train.max_steps=5"))
+    full = train(overrides=tiny(dataset_dir, tmp_path / "full", ONE_THREAD))
+    part = train(overrides=tiny(dataset_dir, tmp_path / "part", ONE_THREAD, "train.max_steps=5"))
     assert not part.completed and part.test is None
     assert load_checkpoint(part.run_dir / "last.pt")["progress"]["batch"] == 5
     # a resumed run uses its own config: max_steps=5 again, so it stops after 5 more steps
@@ -95,10 +100,10 @@ def test_resume_after_max_steps_matches_uninterrupted_run(dataset_dir, tmp_path)
 
 @pytest.mark.parametrize("checkpoint_every", [1, 0], ids=["mid-epoch-checkpoints", "epoch-checkpoints"])
 def test_killed_run_resumes_to_the_same_metrics(dataset_dir, tmp_path, checkpoint_every):
-    reference = train(overrides=tiny(dataset_dir, tmp_path / "ref", "train.epochs=3"))
+    reference = train(overrides=tiny(dataset_dir, tmp_path / "ref", ONE_THREAD, "train.epochs=3"))
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "negrec_fast", "train",
-           *tiny(dataset_dir, run, "train.epochs=3", f"train.checkpoint_every={checkpoint_every}")]
+           *tiny(dataset_dir, run, ONE_THREAD, "train.epochs=3", f"train.checkpoint_every={checkpoint_every}")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     # with per-epoch checkpoints only, kill once epoch 1 is logged: the run is then mid-epoch 2
     ready = (lambda: (run / "last.pt").exists()) if checkpoint_every else (
@@ -116,6 +121,21 @@ def test_killed_run_resumes_to_the_same_metrics(dataset_dir, tmp_path, checkpoin
     assert resumed.completed
     assert comparable(resumed.history) == comparable(reference.history)
     assert resumed.test == reference.test
+
+
+def test_resume_uses_the_thread_count_the_run_started_with(dataset_dir, tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        part = train(overrides=tiny(dataset_dir, tmp_path / "part", "train.max_steps=2", "train.threads=2"))
+        assert load_config(part.run_dir / "config.toml").train.threads == 2
+        torch.set_num_threads(1)
+        train(resume=part.run_dir)
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        default = train(overrides=tiny(dataset_dir, tmp_path / "default", "train.max_steps=1"))
+        assert load_config(default.run_dir / "config.toml").train.threads == 1  # resolved, not 0
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_bad_config_fails_before_any_work(dataset_dir, tmp_path):

@@ -88,6 +88,9 @@ class TrainConfig:
     max_steps: int = 0  # stop (resumably) after N optimizer steps in this invocation; 0 = no limit
     prefetch: int = 4
     progress: bool = True
+    # intra-op CPU threads; 0 = torch's count when the run starts. The resolved count is written
+    # to config.toml and set again on resume: float sums, hence exact resume, depend on it
+    threads: int = 0
 
 
 @dataclass
@@ -165,7 +168,7 @@ class Config:
         _positive("train.epochs", self.train.epochs)
         _positive("train.batch_size", self.train.batch_size)
         _positive("train.lr", self.train.lr)
-        for key in ("weight_decay", "grad_clip", "patience", "checkpoint_every", "max_steps"):
+        for key in ("weight_decay", "grad_clip", "patience", "checkpoint_every", "max_steps", "threads"):
             _non_negative(f"train.{key}", getattr(self.train, key))
         if not 1 <= self.train.prefetch <= 64:
             raise ConfigError(f"train.prefetch must be in [1, 64], got {self.train.prefetch}")

@@ -39,7 +39,7 @@ CHECKPOINT_FORMAT = 1
 # Config keys a resumed run may change: they do not alter what was already trained.
 RESUME_OVERRIDES = frozenset(
     {"train.epochs", "train.max_steps", "train.patience", "train.progress", "train.checkpoint_every", "train.device",
-     "train.prefetch"}
+     "train.prefetch", "train.threads"}
 )
 # Called after each epoch is logged with (its metrics.jsonl record, the best epoch so far:
 # {"epoch", "score", "metric", "valid"}); returning True ends training there, as early stopping
@@ -203,6 +203,10 @@ class Trainer:
             require_tensorboard()  # before any work
         self.cfg = cfg
         self.callbacks = list(callbacks)
+        if not cfg.train.threads:
+            cfg.train.threads = torch.get_num_threads()
+        # set even when unchanged: it also aligns the OpenMP and MKL pools, which may start apart
+        torch.set_num_threads(cfg.train.threads)
         self.device = resolve_device(cfg.train.device)
         if run_dir is not None:  # resuming: the dataset the run started with
             self.dataset_dir = Path(json.loads((run_dir / "dataset.json").read_text())["path"])
