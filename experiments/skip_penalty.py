@@ -27,6 +27,8 @@ VARIANTS = {
     "negatives, weight 10": ["loss.skip_weight=10"],
     "unlikelihood": ["loss.skip_penalty=unlikelihood"],
     "unlikelihood, weight 10": ["loss.skip_penalty=unlikelihood", "loss.skip_weight=10"],
+    "negatives + skip inputs": ["model.skip_inputs=true"],
+    "no skip penalty + skip inputs": ["loss.skip_penalty=none", "model.skip_inputs=true"],
 }
 LOG = dict(n_items=4000, chart_exponent=1.2, on_taste_prob=0.5, zipf_exponent=0.6)
 
@@ -35,6 +37,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--sessions", type=int, default=8000)
+    parser.add_argument("--chart-keep-share", type=float, default=0.0,
+                        help="share of sessions that keep chart plays (their skips then tell sessions apart)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--set", nargs="*", default=[], metavar="section.key=value", help="extra config overrides")
     parser.add_argument("--work", default="runs/skip_penalty")
@@ -42,17 +46,19 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(args.work)
-    data = work / f"charts-{args.sessions}"
+    log = {**LOG, "chart_keep_share": args.chart_keep_share}
+    tag = f"charts-{args.sessions}-keep{args.chart_keep_share:g}"
+    data = work / tag
     if not (data / "manifest.json").is_file():
         work.mkdir(parents=True, exist_ok=True)
-        raw = generate_mssd(work / f"charts-{args.sessions}.csv.gz", n_sessions=args.sessions, seed=0, **LOG)
+        raw = generate_mssd(work / f"{tag}.csv.gz", n_sessions=args.sessions, seed=0, **log)
         prepare(raw, data, format="mssd", progress=False)
 
     rows = []
     for variant in args.variants:
         runs = []
         for seed in args.seeds:
-            name = f"{variant.replace(' ', '_').replace(',', '')}-seed{seed}"
+            name = f"{tag}-{variant.replace(' ', '_').replace(',', '').replace('+', 'and')}-seed{seed}"
             result = train(overrides=[
                 f"data.path={data}", f"train.seed={seed}", f"run.dir={work / 'runs'}", f"run.name={name}",
                 "train.progress=false", *VARIANTS[variant], *args.set,
@@ -60,12 +66,12 @@ def main() -> None:
             runs.append({"seed": seed, "best_epoch": result.best_epoch, **{m: result.test[m] for m in METRICS}})
             print(f"{variant} seed={seed}: " + ", ".join(f"{m} {result.test[m]:.4f}" for m in METRICS), flush=True)
         rows.append({"variant": variant, "overrides": VARIANTS[variant], "runs": runs})
-
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"log": {"n_sessions": args.sessions, **LOG}, "overrides": args.set, "seeds": args.seeds}
-    out.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    out.with_suffix(".md").write_text(render(rows))
+        # written after each variant, so an interrupted grid keeps what it finished
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"log": {"n_sessions": args.sessions, **log}, "overrides": args.set, "seeds": args.seeds}
+        out.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+        out.with_suffix(".md").write_text(render(rows))
 
 
 def render(rows) -> str:

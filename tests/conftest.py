@@ -1,4 +1,5 @@
-"""Shared fixtures: paths to the real sample data in ../shared/data, and GPU skipping."""
+"""Shared fixtures: paths to the real sample data in ../shared/data, a small generated dataset
+for training runs, and GPU skipping."""
 
 from __future__ import annotations
 
@@ -8,6 +9,18 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def dataset_dir(tmp_path_factory) -> Path:
+    """A prepared 500-session, 400-item generated MSSD log (shared by the training-run tests)."""
+    from negrec_fast.data import prepare
+    from negrec_fast.synthetic import generate_mssd
+
+    root = tmp_path_factory.mktemp("synthetic")
+    raw = generate_mssd(root / "log.csv", n_sessions=500, n_items=400, seed=3)
+    prepare(raw, root / "prepared", format="mssd", progress=False)
+    return root / "prepared"
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""A run folder with a randomly initialised model, for tests of code that loads trained runs."""
+"""Run folders for tests: overrides for a seconds-long training run, and a folder holding a
+randomly initialised model for tests of code that loads trained runs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,26 @@ from negrec_fast.checkpoint import save_checkpoint
 from negrec_fast.config import Config
 from negrec_fast.data import load_dataset
 from negrec_fast.training import CHECKPOINT_FORMAT, build_model_for
+
+
+def tiny(dataset_dir: Path, run_dir: Path, *extra: str, batch_size: int = 32) -> list[str]:
+    """Overrides that train a tiny SASRec on ``dataset_dir`` for 2 epochs into ``run_dir``."""
+    return [
+        f"data.path={dataset_dir}",
+        "model.d_model=16",
+        "model.n_heads=2",
+        "model.n_layers=1",
+        "model.d_ff=16",
+        "loss.n_negatives=40",
+        f"train.batch_size={batch_size}",
+        "train.epochs=2",
+        "train.progress=false",
+        "train.patience=0",
+        "eval.ks=[1, 10]",
+        f"run.dir={run_dir.parent}",
+        f"run.name={run_dir.name}",
+        *extra,
+    ]
 
 
 def random_run(dataset_dir: Path, run_dir: Path, model: str = "sasrec", max_len: int = 8, seed: int = 0) -> Path:

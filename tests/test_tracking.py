@@ -6,30 +6,12 @@ import importlib.util
 import json
 import math
 import sys
-from pathlib import Path
 
 import pytest
 
-from negrec_fast.data import prepare
 from negrec_fast.errors import ConfigError
-from negrec_fast.synthetic import generate_mssd
 from negrec_fast.training import train
-
-
-@pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic")
-    raw = generate_mssd(root / "log.csv", n_sessions=500, n_items=400, seed=3)
-    prepare(raw, root / "prepared", format="mssd", progress=False)
-    return root / "prepared"
-
-
-def tiny(dataset_dir: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        f"data.path={dataset_dir}", "model.d_model=16", "model.n_heads=2", "model.n_layers=1", "model.d_ff=16",
-        "loss.n_negatives=40", "train.batch_size=128", "train.epochs=2", "train.progress=false",
-        "train.patience=0", "eval.ks=[1, 10]", f"run.dir={run_dir.parent}", f"run.name={run_dir.name}", *extra,
-    ]
+from run_folders import tiny
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="needs tensorboard")
@@ -37,7 +19,7 @@ def test_tensorboard_scalars_are_the_metrics_jsonl_values(dataset_dir, tmp_path)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "tb"
-    result = train(overrides=tiny(dataset_dir, run, "run.tensorboard=true"))
+    result = train(overrides=tiny(dataset_dir, run, "run.tensorboard=true", batch_size=128))
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     scalars = {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
@@ -67,5 +49,5 @@ def test_tensorboard_on_without_tensorboard_fails_before_any_work(dataset_dir, t
     run = tmp_path / "no-tb"
     message = r"run.tensorboard = true needs the tensorboard package .*negrec-fast\[tensorboard\]"
     with pytest.raises(ConfigError, match=message):
-        train(overrides=tiny(dataset_dir, run, "run.tensorboard=true"))
+        train(overrides=tiny(dataset_dir, run, "run.tensorboard=true", batch_size=128))
     assert not run.exists()

@@ -16,39 +16,12 @@ import torch
 from negrec_fast.checkpoint import load_checkpoint
 from negrec_fast.cli import main
 from negrec_fast.config import load_config
-from negrec_fast.data import load_dataset, prepare
+from negrec_fast.data import load_dataset
 from negrec_fast.errors import ConfigError
 from negrec_fast.evaluation import evaluate
 from negrec_fast.recommend import Recommender
-from negrec_fast.synthetic import generate_mssd
 from negrec_fast.training import train
-
-
-@pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic")
-    raw = generate_mssd(root / "log.csv", n_sessions=500, n_items=400, seed=3)
-    prepare(raw, root / "prepared", format="mssd", progress=False)
-    return root / "prepared"
-
-
-def tiny(dataset_dir: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        f"data.path={dataset_dir}",
-        "model.d_model=16",
-        "model.n_heads=2",
-        "model.n_layers=1",
-        "model.d_ff=16",
-        "loss.n_negatives=40",
-        "train.batch_size=32",
-        "train.epochs=2",
-        "train.progress=false",
-        "train.patience=0",
-        "eval.ks=[1, 10]",
-        f"run.dir={run_dir.parent}",
-        f"run.name={run_dir.name}",
-        *extra,
-    ]
+from run_folders import tiny
 
 
 def comparable(history: list[dict]) -> list[dict]:

@@ -13,39 +13,12 @@ import pytest
 
 from negrec_fast.cli import main
 from negrec_fast.config import Config, load_config
-from negrec_fast.data import prepare
 from negrec_fast.errors import ConfigError
-from negrec_fast.synthetic import generate_mssd
 from negrec_fast.training import train
 from negrec_fast.tune import Param, load_space, tune
+from run_folders import tiny
 
 needs_optuna = pytest.mark.skipif(importlib.util.find_spec("optuna") is None, reason="needs optuna")
-
-
-@pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic")
-    raw = generate_mssd(root / "log.csv", n_sessions=500, n_items=400, seed=3)
-    prepare(raw, root / "prepared", format="mssd", progress=False)
-    return root / "prepared"
-
-
-def tiny(dataset_dir: Path, runs: Path, *extra: str) -> list[str]:
-    return [
-        f"data.path={dataset_dir}",
-        "model.d_model=16",
-        "model.n_heads=2",
-        "model.n_layers=1",
-        "model.d_ff=16",
-        "loss.n_negatives=40",
-        "train.batch_size=128",
-        "train.epochs=2",
-        "train.progress=false",
-        "train.patience=0",
-        "eval.ks=[1, 10]",
-        f"run.dir={runs}",
-        *extra,
-    ]
 
 
 def write(path: Path, text: str) -> Path:
@@ -139,7 +112,7 @@ def test_epoch_callback_stops_a_run_that_stays_valid(dataset_dir, tmp_path):
         return True
 
     run = tmp_path / "runs" / "cb"
-    result = train(overrides=tiny(dataset_dir, run.parent, "run.name=cb"), callbacks=[stop_after_first])
+    result = train(overrides=tiny(dataset_dir, run, batch_size=128), callbacks=[stop_after_first])
     assert result.completed and len(result.history) == 1
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [record for record, _ in seen] == lines
@@ -172,7 +145,7 @@ def test_study_prunes_resumes_and_writes_outputs(dataset_dir, tmp_path, capsys):
     study = optuna.create_study(study_name="space", storage=storage, direction="maximize")
     study.enqueue_trial({"train.lr": 1e-2})
     study.enqueue_trial({"train.lr": 1e-6})
-    base = tiny(dataset_dir, runs)
+    base = tiny(dataset_dir, runs / "base", batch_size=128)  # tune names each trial
     result = tune(None, space, trials=2, overrides=base, prune_startup=1)
 
     rows = read_rows(folder)
@@ -187,7 +160,7 @@ def test_study_prunes_resumes_and_writes_outputs(dataset_dir, tmp_path, capsys):
     assert result.best_trial == 0 and result.best_value == float(rows[0]["value"])
     best = load_config(folder / "best.toml")
     expected = load_config(None, [*base, "train.lr=0.01"])
-    assert best == expected and best.run.name == "" and best.run.dir == str(runs)
+    assert best == expected and best.run.dir == str(runs)
     summary = (folder / "summary.md").read_text()
     assert "1 complete, 1 pruned" in summary and "best: trial 0" in summary
 
@@ -224,7 +197,7 @@ def test_study_prunes_resumes_and_writes_outputs(dataset_dir, tmp_path, capsys):
 def test_trial_with_an_impossible_combination_fails_and_is_not_retried(dataset_dir, tmp_path):
     # valid for the config alone, but the tiny dataset has only 400 items: Trainer refuses it
     space = write(tmp_path / "negs.toml", '["loss.n_negatives"]\nchoices = [450]\n')
-    base = tiny(dataset_dir, tmp_path / "runs")
+    base = tiny(dataset_dir, tmp_path / "runs" / "base", batch_size=128)
     result = tune(None, space, trials=1, overrides=base)
     (row,) = result.rows
     assert row["state"] == "FAIL" and "loss.n_negatives (450) must be smaller than the catalogue" in row["note"]

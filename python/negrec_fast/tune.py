@@ -52,7 +52,9 @@ FIXED_KEYS = {
     "train.early_stopping_metric": "it is the objective of the study",
 }
 # may differ between invocations of one study: they do not change what a trial trains
-UNCOMPARED = frozenset({"train.progress", "train.prefetch", "train.device", "run.tensorboard", "run.dir", "run.name"})
+UNCOMPARED = frozenset(
+    {"train.progress", "train.prefetch", "train.device", "train.threads", "run.tensorboard", "run.dir", "run.name"}
+)
 
 
 @dataclass(frozen=True)
