@@ -126,7 +126,7 @@ def run_negrec(args, ds_dir: Path, name: str, seed: int, has_skips: bool) -> dic
         f"model.n_heads={SHARED['n_heads']}", f"model.n_layers={SHARED['n_layers']}", f"model.d_ff={SHARED['d_ff']}",
         f"model.dropout={SHARED['dropout']}", f"data.max_len={SHARED['max_len']}", f"train.batch_size={SHARED['batch_size']}",
         f"train.lr={SHARED['lr']}", "train.grad_clip=0", f"train.epochs={args.negrec_epochs or args.epochs}", f"train.patience={args.patience}",
-        "train.early_stopping_metric=NDCG@10", "train.device=cpu", "train.progress=false", f"train.seed={seed}",
+        "train.early_stopping_metric=NDCG@10", "train.device=cpu", f"train.threads={args.threads}", "train.progress=false", f"train.seed={seed}",
         "eval.ks=[10]", "eval.exclude_seen=false", f"run.dir={Path(args.work) / 'runs'}", f"run.name={name}-seed{seed}",
         *([] if has_skips else ["loss.nce_weight=0"]), *args.negrec_override,
     ]
@@ -209,12 +209,14 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=50, help="epoch cap (both sides)")
     p.add_argument("--negrec-epochs", type=int, help="negrec-fast's epoch cap when not --epochs")
     p.add_argument("--patience", type=int, default=5, help="epochs without validation NDCG@10 improvement before stopping")
+    p.add_argument("--max-len", type=int, default=SHARED["max_len"], help="input plays per sequence (both sides)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads of each run")
     p.add_argument("--work", default="/tmp/vs_recbole", help="folder for datasets, runs and per-run JSON")
     p.add_argument("--recbole-python", default=os.environ.get("RECBOLE_PYTHON", "/work/recbole-venv/bin/python"))
     p.add_argument("--negrec-override", action="append", default=[], help="extra negrec-fast config override")
     p.add_argument("--out", help="results JSON (default WORK/results-NAME.json)")
     args = p.parse_args()
+    SHARED["max_len"] = args.max_len
     Path(args.work).mkdir(parents=True, exist_ok=True)
     ds_dir, data_path, name, has_skips = prepare_data(args)
     runs = []

@@ -90,9 +90,40 @@ def test_track_ids_are_stable_and_zipf_popular(tmp_path):
     assert all(plays[ids[t]] > 5 * plays[ids[150 + t]] for t in range(3))
 
 
+def test_dislike_mode_skips_a_sessions_disliked_items_again(tmp_path):
+    """Within a session, an on-taste track skipped once is skipped again far more often than one
+    kept once (share 0.4: P(disliked | skipped) = 0.36 / 0.42, later skip rate 0.79 against 0.16)."""
+    taste = planted_tastes(120, 4)
+    # long, mostly on-taste sessions: the majority vote finds each session's taste
+    params = {**PARAMS, "n_sessions": 3000, "n_items": 120, "n_tastes": 4, "on_taste_prob": 0.9,
+              "min_length": 15, "max_length": 20}
+    rates = {}
+    for share in (0.0, 0.4):
+        rows = read(generate_mssd(tmp_path / f"d{share}.csv", **params, dislike_share=share, seed=4))
+        sessions = defaultdict(list)
+        for r in rows:
+            sessions[r["session_id"]].append((r["track_id_clean"], r["skip_2"] == "True"))
+        later = {True: [], False: []}
+        for plays in sessions.values():
+            main_taste = Counter(taste[t] for t, _ in plays).most_common(1)[0][0]
+            first = {}
+            for track, skipped in plays:
+                if taste[track] != main_taste:
+                    continue
+                if track in first:
+                    later[first[track]].append(skipped)
+                else:
+                    first[track] = skipped
+        rates[share] = {k: sum(v) / len(v) for k, v in later.items()}
+    assert abs(rates[0.4][True] - 0.79) < 0.06 and abs(rates[0.4][False] - 0.16) < 0.04, rates
+    assert abs(rates[0.0][True] - 0.1) < 0.05 and abs(rates[0.0][False] - 0.1) < 0.03, rates
+
+
 def test_bad_arguments(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"skip_prob_off must be a probability in \[0, 1\], got -0.1"):
         generate_mssd(tmp_path / "x.csv", skip_prob_off=-0.1)
+    with pytest.raises(ValueError, match=r"dislike_share must be a probability in \[0, 1\], got 1.5"):
+        generate_mssd(tmp_path / "x.csv", dislike_share=1.5)
     with pytest.raises(ValueError, match="need 2 <= n_tastes <= n_items"):
         generate_mssd(tmp_path / "x.csv", n_items=5, n_tastes=6)
     monkeypatch.setenv("NEGREC_NUM_THREADS", "lots")

@@ -145,6 +145,7 @@ def generate_mssd(
     seed: int,
     chart_exponent: float = 0.0,
     chart_keep_share: float = 0.0,
+    dislike_share: float = 0.0,
     n_threads: int = 0,
 ) -> int: ...
 def synth_track_ids(n_items: int) -> list[str]: ...

@@ -11,7 +11,12 @@ With ``chart_exponent > 0`` off-taste plays come from one global heavy-headed "c
 instead (charts, autoplay): the most played tracks are then mostly skipped ones, the pattern
 where a model that ignores skips ranks what listeners skip first. A share
 ``chart_keep_share`` of sessions keeps chart plays as often as on-taste ones, so a session's
-own skips tell whether charts suit it. The output is
+own skips tell whether charts suit it.
+
+With ``dislike_share > 0`` each session also dislikes that share of its taste's items (a latent
+subset per session): their plays are skipped like unwanted off-taste plays, so within a taste
+skips carry item-level signal (an earlier skip of an item says the session will not keep it),
+which no taste-level model can use. The output is
 byte-identical for the same arguments whatever the thread count (``NEGREC_NUM_THREADS``
 or `n_threads` sets it; default all cores).
 """
@@ -41,6 +46,7 @@ def generate_mssd(
     zipf_exponent: float = 1.0,
     chart_exponent: float = 0.0,
     chart_keep_share: float = 0.0,
+    dislike_share: float = 0.0,
     n_threads: int | None = None,
 ) -> Path:
     """Writes the log as CSV to `path` (gzip when it ends in ``.gz``) and returns the path.
@@ -62,6 +68,7 @@ def generate_mssd(
         zipf_exponent=zipf_exponent,
         chart_exponent=chart_exponent,
         chart_keep_share=chart_keep_share,
+        dislike_share=dislike_share,
         seed=seed,
         n_threads=n_threads or 0,
     )

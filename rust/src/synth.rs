@@ -13,6 +13,12 @@
 //! `chart_keep_share` of sessions likes the charts: it skips chart plays only as often as
 //! on-taste ones, so a session's own skips tell whether to recommend them.
 //!
+//! With `dislike_share > 0`, each session also dislikes a latent share of its taste's items
+//! (each item independently, from a hash of seed, session and item): on-taste plays of those
+//! are skipped as often as unwanted off-taste plays (`skip_prob_off`), so within a taste skips
+//! concentrate on the session's disliked items and its next kept play avoids them. Only the
+//! skip flags of earlier plays of an item reveal that the session dislikes it.
+//!
 //! Sessions are generated in fixed chunks, each from its own stream keyed by
 //! `(seed, chunk)`, on a rayon pool: the file is byte-identical whatever the thread count.
 
@@ -25,13 +31,14 @@ use flate2::Compression;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::sampler::rng::{mix64, Rng};
+use crate::sampler::rng::{hash_key, mix64, Rng};
 use crate::sampler::AliasTable;
 
 pub const HEADER: &str = "session_id,session_position,session_length,track_id_clean,skip_1,skip_2,skip_3,not_skipped,context_switch,no_pause_before_play,short_pause_before_play,long_pause_before_play,hist_user_behavior_n_seekfwd,hist_user_behavior_n_seekback,hist_user_behavior_is_shuffle,hour_of_day,date,premium,context_type,hist_user_behavior_reason_start,hist_user_behavior_reason_end";
 
 const STREAM_SYNTH: u64 = 0x7379_6e74_6800_0001;
 const STREAM_SESSION_ID: u64 = 0x7379_6e74_6800_0002;
+const STREAM_DISLIKE: u64 = 0x7379_6e74_6800_0003;
 /// Sessions per independently seeded chunk (fixed: it defines the output).
 const CHUNK: usize = 512;
 /// Dates run over the 92 days from 2018-07-01.
@@ -56,6 +63,8 @@ pub struct SynthConfig {
     pub chart_exponent: f64,
     /// Share of sessions that keep chart plays as they keep on-taste ones (chart mode only).
     pub chart_keep_share: f64,
+    /// Share of its taste's items each session dislikes (skips like off-taste plays); 0 = none.
+    pub dislike_share: f64,
     pub seed: u64,
     /// Worker threads; 0 = `NEGREC_NUM_THREADS`, else all cores.
     pub n_threads: usize,
@@ -75,6 +84,7 @@ impl Default for SynthConfig {
             zipf_exponent: 1.0,
             chart_exponent: 0.0,
             chart_keep_share: 0.0,
+            dislike_share: 0.0,
             seed: 0,
             n_threads: 0,
         }
@@ -95,6 +105,7 @@ impl SynthConfig {
             ("skip_prob_on", self.skip_prob_on),
             ("skip_prob_off", self.skip_prob_off),
             ("chart_keep_share", self.chart_keep_share),
+            ("dislike_share", self.dislike_share),
         ] {
             if !(0.0..=1.0).contains(&p) {
                 return bad(format!("{name} must be a probability in [0, 1], got {p}"));
@@ -215,6 +226,13 @@ impl<'a> World<'a> {
         rank * t + taste
     }
 
+    /// Whether session `s` dislikes `item` (`dislike_share` mode); consumes no session randomness,
+    /// so logs without the mode are unchanged.
+    fn dislikes(&self, s: usize, item: usize) -> bool {
+        let share = self.config.dislike_share;
+        share > 0.0 && ((hash_key(&[self.config.seed, STREAM_DISLIKE, s as u64, item as u64]) >> 11) as f64) < share * (1u64 << 53) as f64
+    }
+
     /// CSV rows of the sessions of chunk `c`, and how many.
     fn chunk(&self, c: usize) -> (Vec<u8>, u64) {
         let cfg = self.config;
@@ -256,7 +274,7 @@ impl<'a> World<'a> {
                     self.item(play_taste, rng)
                 }
             };
-            let liked = on_taste || likes_charts;
+            let liked = if on_taste { !self.dislikes(s, item) } else { likes_charts };
             let skip_2 = rng.chance(if liked { cfg.skip_prob_on } else { cfg.skip_prob_off });
             let skip_1 = skip_2 && rng.chance(0.5);
             let skip_3 = skip_2 || rng.chance(0.1);
@@ -444,6 +462,49 @@ mod tests {
         let base = dir.path().join("base.csv");
         generate_mssd(&base, &small(3, 2)).unwrap();
         assert_ne!(std::fs::read(&base).unwrap(), text.into_bytes());
+    }
+
+    /// Skip rate of later plays of an on-taste item within a session, after a first play of it
+    /// that was (skipped, kept).
+    fn repeat_skip_rates(config: &SynthConfig) -> (f64, f64) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.csv");
+        generate_mssd(&path, config).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let taste_of: HashMap<String, usize> = (0..config.n_items).map(|i| (track_id(i), i % config.n_tastes)).collect();
+        let mut sessions: HashMap<&str, Vec<(&str, bool)>> = HashMap::new();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split(',').collect();
+            sessions.entry(f[0]).or_default().push((f[3], f[5] == "True"));
+        }
+        let (mut after_skip, mut after_keep) = ((0.0, 0.0), (0.0, 0.0));
+        for plays in sessions.values() {
+            let mut votes = vec![0usize; config.n_tastes];
+            plays.iter().for_each(|(t, _)| votes[taste_of[*t]] += 1);
+            let taste = (0..config.n_tastes).max_by_key(|&t| votes[t]).unwrap();
+            let mut first: HashMap<&str, bool> = HashMap::new();
+            for &(track, skipped) in plays.iter().filter(|(t, _)| taste_of[*t] == taste) {
+                match first.get(track) {
+                    Some(true) => after_skip = (after_skip.0 + skipped as u8 as f64, after_skip.1 + 1.0),
+                    Some(false) => after_keep = (after_keep.0 + skipped as u8 as f64, after_keep.1 + 1.0),
+                    None => {
+                        first.insert(track, skipped);
+                    }
+                }
+            }
+        }
+        (after_skip.0 / after_skip.1, after_keep.0 / after_keep.1)
+    }
+
+    #[test]
+    fn dislike_mode_makes_a_sessions_skips_of_an_item_repeat() {
+        let config = SynthConfig { n_sessions: 3000, n_items: 120, n_tastes: 4, ..small(7, 2) };
+        // share 0.3: P(disliked | first play skipped) = 0.24 / 0.345, so later plays are skipped
+        // at 0.70 * 0.8 + 0.30 * 0.15 = 0.60, after a kept first play at 0.21
+        let (after_skip, after_keep) = repeat_skip_rates(&SynthConfig { dislike_share: 0.3, ..config.clone() });
+        assert!((after_skip - 0.60).abs() < 0.06 && (after_keep - 0.21).abs() < 0.04, "{after_skip} {after_keep}");
+        let (after_skip, after_keep) = repeat_skip_rates(&config);
+        assert!((after_skip - 0.15).abs() < 0.04 && (after_keep - 0.15).abs() < 0.03, "{after_skip} {after_keep}");
     }
 
     #[test]

@@ -11,7 +11,8 @@ use crate::synth::{self, SynthConfig};
 #[pyfunction]
 #[pyo3(signature = (
     path, *, n_sessions, n_items, n_tastes, on_taste_prob, skip_prob_on, skip_prob_off,
-    min_length, max_length, zipf_exponent, seed, chart_exponent = 0.0, chart_keep_share = 0.0, n_threads = 0
+    min_length, max_length, zipf_exponent, seed, chart_exponent = 0.0, chart_keep_share = 0.0,
+    dislike_share = 0.0, n_threads = 0
 ))]
 #[allow(clippy::too_many_arguments)]
 fn generate_mssd(
@@ -29,6 +30,7 @@ fn generate_mssd(
     seed: u64,
     chart_exponent: f64,
     chart_keep_share: f64,
+    dislike_share: f64,
     n_threads: usize,
 ) -> PyResult<u64> {
     let config = SynthConfig {
@@ -43,6 +45,7 @@ fn generate_mssd(
         zipf_exponent,
         chart_exponent,
         chart_keep_share,
+        dislike_share,
         seed,
         n_threads,
     };
