@@ -27,7 +27,7 @@ import torch
 from negrec_fast.batch_recommend import recommend_file
 from negrec_fast.config import Config
 from negrec_fast.recommend import Recommender
-from negrec_fast.training import build_model_for
+from negrec_fast.models import build_model_for
 
 N_SESSIONS = int(os.environ.get("NEGREC_BENCH_REC_SESSIONS", 5_000))
 N_ITEMS = int(os.environ.get("NEGREC_BENCH_REC_ITEMS", 100_000))

@@ -16,7 +16,7 @@ import torch
 
 from negrec_fast.config import Config
 from negrec_fast.objective import BatchTensors, Objective
-from negrec_fast.training import build_model_for
+from negrec_fast.models import build_model_for
 
 VOCAB, B, SEQ_LEN, K = 100_002, 256, 21, 1000
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import torch
-
 from negrec_fast.checkpoint import save_checkpoint
 from negrec_fast.config import Config
 from negrec_fast.data import load_dataset
-from negrec_fast.training import CHECKPOINT_FORMAT, build_model_for
+from negrec_fast.models import build_model_for
+from negrec_fast.run_folder import CHECKPOINT_FORMAT
 
 
 def tiny(dataset_dir: Path, run_dir: Path, *extra: str, batch_size: int = 32) -> list[str]:

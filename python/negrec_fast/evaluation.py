@@ -21,13 +21,16 @@ For every session with a target in the split, the model reads the plays before t
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from negrec_fast.config import EvalConfig
 from negrec_fast.metrics import MetricAccumulator, Ranks, sampled_ranks, target_ranks
+from negrec_fast.run_folder import load_run
 
 SKIP_K = 10
 
@@ -138,14 +141,9 @@ def _rank(scores: torch.Tensor, held_out: torch.Tensor, seen: torch.Tensor | Non
 
 def evaluate(run_dir, split: str = "test", *, checkpoint: str = "best", device: str = "cpu") -> dict[str, float]:
     """Metrics of a finished run's checkpoint on ``split``; also written to ``RUN_DIR/eval_<split>.json``."""
-    import json
-    from pathlib import Path
-
-    from negrec_fast.recommend import Recommender
-
-    rec = Recommender.load(run_dir, checkpoint=checkpoint, device=device)
-    cfg = rec.config
-    metrics = evaluate_model(rec.model, rec.dataset, split, cfg.eval, cfg.data.max_len, rec.device)
+    run = load_run(run_dir, checkpoint=checkpoint, device=device)
+    cfg = run.config
+    metrics = evaluate_model(run.model, run.dataset, split, cfg.eval, cfg.data.max_len, run.device)
     out = Path(run_dir) / f"eval_{split}.json"
     out.write_text(json.dumps({"split": split, "checkpoint": checkpoint, "metrics": metrics}, indent=2) + "\n")
     return metrics

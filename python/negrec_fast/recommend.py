@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -10,9 +9,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from negrec_fast.checkpoint import load_checkpoint
 from negrec_fast.config import Config
-from negrec_fast.errors import ConfigError, InputError
+from negrec_fast.run_folder import load_run
 
 
 @dataclass
@@ -36,39 +34,8 @@ class Recommender:
     @classmethod
     def load(cls, run_dir: str | Path, *, checkpoint: str = "best", device: str = "cpu") -> Recommender:
         """Load ``RUN_DIR/{checkpoint}.pt`` (``weights_only``) and the run's dataset vocabulary."""
-        from negrec_fast.data import load_dataset
-        from negrec_fast.data.dataset import VOCAB_FILE
-        from negrec_fast.training import CHECKPOINT_FORMAT, build_model_for, resolve_device
-
-        run_dir = Path(run_dir)
-        path = run_dir / f"{checkpoint}.pt"
-        if not path.is_file():
-            raise ConfigError(f"{run_dir} has no {checkpoint}.pt checkpoint (is it a finished run folder?)")
-        dev = resolve_device(device)
-        state = load_checkpoint(path, map_location=dev)
-        version = state.get("format")
-        if version != CHECKPOINT_FORMAT:
-            newer = isinstance(version, int) and version > CHECKPOINT_FORMAT
-            raise InputError(
-                f"{path}: checkpoint format {version!r} is not supported (this negrec-fast reads format "
-                f"{CHECKPOINT_FORMAT}{'; the run was written by a newer version, upgrade negrec-fast' if newer else ''})"
-            )
-        config = Config.from_dict(state["config"])
-        info_path = run_dir / "dataset.json"
-        if not info_path.is_file():
-            raise InputError(f"{info_path}: not found; it names the dataset (and vocabulary) the run was trained on")
-        info = json.loads(info_path.read_text())
-        vocab_path = Path(info["path"]) / VOCAB_FILE
-        if not vocab_path.is_file():
-            raise InputError(
-                f"{vocab_path}: the run's vocabulary is missing (the dataset named in {info_path} was moved or deleted)"
-            )
-        dataset = load_dataset(info["path"])
-        if info.get("checksum") and dataset.manifest.get("checksum") != info["checksum"]:
-            raise ConfigError(f"the dataset at {info['path']} changed since the run was trained (checksum differs)")
-        model = build_model_for(config, dataset.vocab_size).to(dev)
-        model.load_state_dict(state["model"])
-        return cls(model, dataset, config, dev)
+        run = load_run(run_dir, checkpoint=checkpoint, device=device)
+        return cls(run.model, run.dataset, run.config, run.device)
 
     @torch.no_grad()
     def recommend(

@@ -1,27 +1,17 @@
-"""The training loop and its run folder.
-
-A run folder holds ``config.toml`` (the resolved config), ``environment.json`` (versions,
-device, git commit), ``dataset.json`` (which processed dataset, with its checksum),
-``metrics.jsonl`` (one line per epoch), ``best.pt`` / ``last.pt`` checkpoints (model,
-optimizer, RNG and loader position; written atomically, loaded with ``weights_only=True``),
-with ``run.tensorboard`` a ``tensorboard/`` event folder (``negrec_fast.tracking``), and at the
-end ``test_metrics.json``. ``resume=RUN_DIR`` continues from ``last.pt``: on CPU with the same
-seed a resumed run ends with the same metrics as an uninterrupted one.
+"""The training loop: :func:`train` fills a run folder (:mod:`negrec_fast.run_folder`) with
+per-epoch metrics and checkpoints. ``resume=RUN_DIR`` continues from ``last.pt``: on CPU with the
+same seed and ``train.threads=1`` a resumed run ends with the same metrics as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import random
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +19,22 @@ import numpy as np
 import torch
 
 from negrec_fast.checkpoint import load_checkpoint, save_checkpoint
-from negrec_fast.config import Config, apply_overrides, load_config, to_toml
+from negrec_fast.config import Config, apply_overrides, load_config
 from negrec_fast.errors import ConfigError
 from negrec_fast.evaluation import evaluate_model
+from negrec_fast.models import build_model_for
 from negrec_fast.objective import BatchTensors, Objective
 from negrec_fast.progress import Progress
+from negrec_fast.run_folder import (
+    CHECKPOINT_FORMAT,
+    dataset_path,
+    new_run_dir,
+    recorded_dataset,
+    resolve_device,
+    write_json,
+    write_run_files,
+)
 
-CHECKPOINT_FORMAT = 1
 # Config keys a resumed run may change: they do not alter what was already trained.
 RESUME_OVERRIDES = frozenset(
     {"train.epochs", "train.max_steps", "train.patience", "train.progress", "train.checkpoint_every", "train.device",
@@ -103,87 +102,6 @@ def _as_config(config: Config | dict | str | Path | None, overrides) -> Config:
     return load_config(config, overrides)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"train.device {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device is {name!r} but CUDA is not available here")
-    return device
-
-
-def dataset_path(cfg: Config, *, progress: bool) -> Path:
-    """The processed dataset folder of ``[data]`` (building the bundled synthetic one if asked)."""
-    if cfg.data.path == "synthetic":
-        from negrec_fast.bundled import synthetic_dataset_path
-
-        return synthetic_dataset_path(cfg.data, progress=progress)
-    path = Path(cfg.data.path)
-    if not (path / "manifest.json").is_file():
-        raise ConfigError(
-            f"data.path {str(path)!r} is not a processed dataset folder (no manifest.json); "
-            "create one with `negrec-fast prepare`, or use data.path=synthetic"
-        )
-    return path
-
-
-def build_model_for(cfg: Config, vocab_size: int) -> torch.nn.Module:
-    from negrec_fast.models import build_model
-
-    m = cfg.model
-    options: dict[str, Any] = dict(
-        max_len=cfg.data.max_len, d_model=m.d_model, dropout=m.dropout, skip_inputs=m.skip_inputs
-    )
-    if m.name in ("sasrec", "bert4rec"):
-        options.update(n_heads=m.n_heads, n_layers=m.n_layers, d_ff=m.d_ff, norm_first=m.norm_first)
-    else:
-        options.update(n_layers=m.n_layers)
-    return build_model(m.name, vocab_size, **options)
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    """Versions, device and git commit, for the run folder."""
-    import negrec_fast
-
-    versions: dict[str, str | None] = {"python": platform.python_version(), "negrec_fast": negrec_fast.__version__}
-    for name in ("torch", "triton", "numpy", "pyarrow"):
-        try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
-            versions[name] = None
-    commit = _source_commit()
-    return {
-        "versions": versions,
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "git_commit": commit,
-        "argv": sys.argv,
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def _source_commit() -> str | None:
-    """Git commit of the negrec-fast source checkout this package runs from (None when installed
-    from a wheel, or when the enclosing repository is another project's)."""
-    here = Path(__file__).resolve().parent
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=5).stdout.strip()
-
-    try:
-        top = git("rev-parse", "--show-toplevel")
-        if not top or not (Path(top) / "python" / "negrec_fast" / "training.py").resolve() == Path(__file__).resolve():
-            return None
-        return git("rev-parse", "HEAD") or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 class Trainer:
     """One training run; ``fit()`` runs it to the end (or to ``train.max_steps``)."""
 
@@ -209,7 +127,7 @@ class Trainer:
         torch.set_num_threads(cfg.train.threads)
         self.device = resolve_device(cfg.train.device)
         if run_dir is not None:  # resuming: the dataset the run started with
-            self.dataset_dir = Path(json.loads((run_dir / "dataset.json").read_text())["path"])
+            self.dataset_dir = Path(recorded_dataset(run_dir)["path"])
         else:
             self.dataset_dir = dataset_path(cfg, progress=cfg.train.progress)
         self.dataset = load_dataset(self.dataset_dir)
@@ -227,7 +145,7 @@ class Trainer:
             # skipped items can be negatives when they are never positives
             exclude="kept" if cfg.loss.skipped_targets == "ignore" else "all",
         )
-        self.run_dir = run_dir or self._new_run_dir()
+        self.run_dir = run_dir or new_run_dir(cfg)
         _seed_everything(cfg.train.seed)
         self.model = build_model_for(cfg, self.dataset.vocab_size).to(self.device)
         self.optimizer = torch.optim.Adam(
@@ -249,7 +167,7 @@ class Trainer:
         if resume_from is not None:
             self._restore(resume_from)
         else:
-            self._write_run_files()
+            write_run_files(self.run_dir, cfg, self.device, self.dataset_dir, self.dataset)
         self.tensorboard = TensorBoardLogger(self.run_dir) if cfg.run.tensorboard else None
 
     def _check_dataset(self, run_dir: Path | None) -> None:
@@ -267,31 +185,9 @@ class Trainer:
                 f"catalogue ({n_items} items)"
             )
         if run_dir is not None:
-            recorded = json.loads((run_dir / "dataset.json").read_text()).get("checksum")
+            recorded = recorded_dataset(run_dir).get("checksum")
             if recorded != self.dataset.manifest.get("checksum"):
                 raise ConfigError(f"cannot resume {run_dir}: the dataset at {self.dataset_dir} changed since the run started")
-
-    # ---- run folder -------------------------------------------------------------------
-    def _new_run_dir(self) -> Path:
-        parent = Path(self.cfg.run.dir)
-        name = self.cfg.run.name or f"{self.cfg.model.name}-{datetime.now():%Y%m%d-%H%M%S}"
-        run_dir = parent / name
-        if run_dir.exists() and any(run_dir.iterdir()):
-            if self.cfg.run.name:
-                raise ConfigError(f"run folder {run_dir} already exists; choose another run.name or use --resume")
-            run_dir = parent / f"{name}-{os.getpid()}"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        return run_dir
-
-    def _write_run_files(self) -> None:
-        (self.run_dir / "config.toml").write_text(to_toml(self.cfg))
-        _write_json(self.run_dir / "environment.json", environment(self.device))
-        _write_json(
-            self.run_dir / "dataset.json",
-            {"path": str(self.dataset_dir.resolve()), "checksum": self.dataset.manifest.get("checksum"),
-             "n_items": self.dataset.n_items, "n_sessions": self.dataset.manifest.get("n_sessions")},
-        )
-        (self.run_dir / "metrics.jsonl").write_text("")
 
     # ---- checkpoints ------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -469,7 +365,7 @@ class Trainer:
         best = load_checkpoint(self.run_dir / "best.pt", map_location=self.device)
         self.model.load_state_dict(best["model"])
         test = evaluate_model(self.model, self.dataset, "test", self.cfg.eval, self.cfg.data.max_len, self.device)
-        _write_json(self.run_dir / "test_metrics.json", {"best_epoch": best["epoch"], "test": test})
+        write_json(self.run_dir / "test_metrics.json", {"best_epoch": best["epoch"], "test": test})
         if self.tensorboard is not None:
             self.tensorboard.log_test(test, best["epoch"])
         return test
@@ -523,9 +419,3 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)

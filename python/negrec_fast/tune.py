@@ -42,7 +42,8 @@ from typing import Any, get_type_hints
 
 from negrec_fast.config import Config, read_toml, to_toml
 from negrec_fast.errors import ConfigError
-from negrec_fast.training import _as_config, dataset_path, train
+from negrec_fast.run_folder import dataset_path
+from negrec_fast.training import _as_config, train
 
 SPEC_FIELDS = ("low", "high", "step", "log", "choices")
 # set by tune itself: the trial's run folder and the objective

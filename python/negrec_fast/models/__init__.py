@@ -1,12 +1,17 @@
 """Sequential recommenders with a common interface (``encode``, ``project``, ``item_weight``,
-``embed``, ``next_query``, ``score_all``) and the ``build_model`` factory."""
+``embed``, ``next_query``, ``score_all``) and the ``build_model`` / ``build_model_for`` (from a config) factories."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from negrec_fast.models.base import SequentialModel
 from negrec_fast.models.bert4rec import BERT4Rec
 from negrec_fast.models.gru4rec import GRU4Rec
 from negrec_fast.models.sasrec import SASRec
+
+if TYPE_CHECKING:
+    from negrec_fast.config import Config
 
 MODELS: dict[str, type[SequentialModel]] = {"sasrec": SASRec, "bert4rec": BERT4Rec, "gru4rec": GRU4Rec}
 
@@ -22,4 +27,17 @@ def build_model(name: str, vocab_size: int, **options) -> SequentialModel:
         raise ValueError(f"bad option for model {name!r}: {err}") from None
 
 
-__all__ = ["BERT4Rec", "GRU4Rec", "MODELS", "SASRec", "SequentialModel", "build_model"]
+def build_model_for(cfg: Config, vocab_size: int) -> SequentialModel:
+    """The model of ``cfg.model`` (with ``cfg.data.max_len``) for a ``vocab_size`` vocabulary."""
+    m = cfg.model
+    options: dict[str, Any] = dict(
+        max_len=cfg.data.max_len, d_model=m.d_model, dropout=m.dropout, skip_inputs=m.skip_inputs
+    )
+    if m.name in ("sasrec", "bert4rec"):
+        options.update(n_heads=m.n_heads, n_layers=m.n_layers, d_ff=m.d_ff, norm_first=m.norm_first)
+    else:
+        options.update(n_layers=m.n_layers)
+    return build_model(m.name, vocab_size, **options)
+
+
+__all__ = ["BERT4Rec", "GRU4Rec", "MODELS", "SASRec", "SequentialModel", "build_model", "build_model_for"]
