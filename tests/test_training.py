@@ -244,3 +244,9 @@ def test_early_stopping_on_skip_mrr_is_guarded_by_hr(dataset_dir, tmp_path, monk
         for _ in script:
             trainer._end_epoch()
         assert trainer.best["epoch"] == best and trainer.best["valid"] == valid[best - 1]
+
+
+def test_a_diverged_run_stops_with_a_clear_error(dataset_dir, tmp_path):
+    # a learning rate this large overflows the weights within the first epoch
+    with pytest.raises(FloatingPointError, match=r"training loss became (nan|inf) in epoch 1"):
+        train(overrides=tiny(dataset_dir, tmp_path / "diverged", "train.lr=1e30", "train.grad_clip=0"))

@@ -11,7 +11,9 @@ class Progress:
     """Minimal progress bar: ``with Progress(total, "batch", "epoch 1") as bar: bar.update(1, loss=0.3)``.
 
     Redraws at most every ``min_interval`` seconds; on a non-terminal stream (CI logs) it
-    prints one line per ``min_interval * 20`` seconds instead, and a final line on close.
+    prints one line per ``min_interval * 20`` seconds instead, and a final line on close. A
+    postfix value may be a callable, called only when a line is drawn (e.g. a value that costs
+    a device synchronisation to read).
     """
 
     def __init__(
@@ -61,7 +63,8 @@ class Progress:
             parts.append(f"[{elapsed:.0f}s<{eta:.0f}s, {rate:.1f} {self.unit}/s]")
         else:
             parts.append(f"{self.count} {self.unit} [{elapsed:.0f}s, {rate:.1f} {self.unit}/s]")
-        parts.extend(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.postfix.items())
+        values = {k: v() if callable(v) else v for k, v in self.postfix.items()}
+        parts.extend(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
         return " ".join(parts)
 
     def _draw(self, final: bool) -> None:

@@ -163,7 +163,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
         self.bad_epochs = 0
-        self.epoch_sums = {"loss": 0.0, "rec": 0.0, "nce": 0.0, "batches": 0, "sequences": 0, "seconds": 0.0}
+        self._reset_epoch_sums()
         if resume_from is not None:
             self._restore(resume_from)
         else:
@@ -211,6 +211,7 @@ class Trainer:
                 "best": self.best,
                 "history": self.history,
                 "epoch_sums": self.epoch_sums,
+                "loss_sums": self.loss_sums.cpu(),
             },
         }
 
@@ -227,10 +228,12 @@ class Trainer:
         self.epoch, self.batch, self.step = p["epoch"], p["batch"], p["step"]
         self.bad_epochs, self.best, self.history = p["bad_epochs"], p["best"], p["history"]
         self.epoch_sums = p["epoch_sums"]
+        self.loss_sums = p["loss_sums"].to(self.device)
         # metrics.jsonl may hold an epoch logged after the checkpoint; rewrite it from history.
         (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in self.history))
 
     def _save_last(self) -> None:
+        self._mean_loss()  # never checkpoint a diverged run
         save_checkpoint(self.run_dir / "last.pt", self._state())
 
     # ---- the loop ---------------------------------------------------------------------
@@ -252,18 +255,17 @@ class Trainer:
                 bar.count = self.batch
                 tic = time.perf_counter()
                 for batch in _batches(self.loader, self.epoch, self.batch):
-                    loss, rec, nce = self._train_step(batch)
+                    # losses stay on the device: no host synchronisation per step
+                    self.loss_sums += self._train_step(batch)
                     self.batch += 1
                     self.step += 1
                     steps_this_call += 1
                     sums = self.epoch_sums
-                    sums["loss"] += loss
-                    sums["rec"] += rec
-                    sums["nce"] += nce
                     sums["batches"] += 1
                     sums["sequences"] += int(batch.items.shape[0])
                     elapsed = sums["seconds"] + time.perf_counter() - tic
-                    bar.update(1, loss=sums["loss"] / sums["batches"], seq_per_s=sums["sequences"] / elapsed)
+                    # read (a synchronisation) only when the bar redraws
+                    bar.update(1, loss=self._mean_loss, seq_per_s=sums["sequences"] / elapsed)
                     if cfg.max_steps and steps_this_call >= cfg.max_steps:
                         self.epoch_sums["seconds"] += time.perf_counter() - tic
                         self._save_last()
@@ -277,7 +279,8 @@ class Trainer:
         test = self._final_test()
         return self._result(completed=True, test=test)
 
-    def _train_step(self, batch) -> tuple[float, float, float]:
+    def _train_step(self, batch) -> torch.Tensor:
+        """One optimizer step; returns ``[total, rec, nce]`` losses (float64, on the device)."""
         dev = self.device
         tensors = BatchTensors(
             items=batch.items.to(dev, non_blocking=True),
@@ -293,21 +296,31 @@ class Trainer:
         if self.cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.optimizer.step()
-        values = torch.stack([total.detach(), rec.detach(), nce.detach()]).float().cpu().tolist()
-        if not math.isfinite(values[0]):
-            raise FloatingPointError(f"training loss became {values[0]} at epoch {self.epoch + 1}, batch {self.batch + 1}")
-        return values[0], values[1], values[2]
+        return torch.stack([total.detach(), rec.detach(), nce.detach()]).double()
+
+    def _reset_epoch_sums(self) -> None:
+        self.epoch_sums = {"batches": 0, "sequences": 0, "seconds": 0.0}
+        self.loss_sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+
+    def _mean_loss(self) -> float:
+        """Mean training loss of the epoch so far; a non-finite one stops training."""
+        loss = self.loss_sums[0].item() / max(self.epoch_sums["batches"], 1)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss} in epoch {self.epoch + 1} (by batch {self.batch})")
+        return loss
 
     def _end_epoch(self) -> bool:
         """Validate, log, checkpoint; returns True when early stopping says stop."""
         sums = self.epoch_sums
         n = max(sums["batches"], 1)
+        self._mean_loss()  # raises on a non-finite loss
+        loss, rec, nce = (self.loss_sums / n).tolist()
         record: dict[str, Any] = {
             "epoch": self.epoch + 1,
             "step": self.step,
-            "train_loss": sums["loss"] / n,
-            "rec_loss": sums["rec"] / n,
-            "nce_loss": sums["nce"] / n,
+            "train_loss": loss,
+            "rec_loss": rec,
+            "nce_loss": nce,
             "seconds": sums["seconds"],
             "sequences_per_s": sums["sequences"] / sums["seconds"] if sums["seconds"] > 0 else None,
         }
@@ -341,7 +354,7 @@ class Trainer:
         self.history.append(record)
         self.epoch += 1
         self.batch = 0
-        self.epoch_sums = {"loss": 0.0, "rec": 0.0, "nce": 0.0, "batches": 0, "sequences": 0, "seconds": 0.0}
+        self._reset_epoch_sums()
         # checkpoint first: a run killed before the log line is rewritten from history on resume
         self._save_last()
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
