@@ -1,4 +1,4 @@
-"""The ``negrec-fast`` command line: prepare, generate, train, tune, evaluate, recommend, export."""
+"""The ``negrec-fast`` command line: prepare, generate, train, tune, evaluate, recommend, export, report."""
 
 from __future__ import annotations
 
@@ -105,9 +105,20 @@ def _generate(args: argparse.Namespace) -> int:
 
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     path = generate_mssd(
-        args.output, n_sessions=args.sessions, n_items=args.items, seed=args.seed, chart_exponent=args.charts
+        args.output, n_sessions=args.sessions, n_items=args.items, seed=args.seed, chart_exponent=args.charts,
+        chart_keep_share=args.chart_keep_share, dislike_share=args.dislike_share,
     )
     print(f"wrote {path}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from negrec_fast.report import build_report, load_runs, render_markdown, write_report
+
+    report = build_report(load_runs(args.run_dirs), base=args.base)
+    written = write_report(report, args.out, plots=args.plots)
+    print(render_markdown(report))
+    print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 
@@ -225,7 +236,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--charts", type=float, default=0.0, metavar="EXPONENT",
         help="off-taste plays from one global Zipf(EXPONENT) chart law, mostly skipped (0 = off, e.g. 1.2)",
     )
+    p.add_argument("--chart-keep-share", type=float, default=0.0, metavar="SHARE",
+                   help="share of sessions that keep chart plays like on-taste ones (chart mode)")
+    p.add_argument("--dislike-share", type=float, default=0.0, metavar="SHARE",
+                   help="share of its taste's items each session dislikes and skips (item-level skip signal)")
     p.set_defaults(func=_generate)
+
+    p = sub.add_parser("report", help="table (mean ± std over seeds) and plots over finished run folders")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default="report", help="folder for results.csv, results.md and the PNG plots")
+    p.add_argument(
+        "--base", metavar="section.key=value",
+        help="compare each variant with the one equal to it except this value (e.g. loss.nce_weight=0)",
+    )
+    p.add_argument("--no-plots", dest="plots", action="store_false", help="tables only (no matplotlib needed)")
+    p.set_defaults(func=_report)
     return parser
 
 
