@@ -24,7 +24,10 @@ from negrec_fast.synthetic import generate_mssd
 
 MAX_LEN = 8
 CASES = [("sasrec", "export"), ("bert4rec", "export"), ("gru4rec", "export"), ("sasrec", "torchscript"),
-         ("bert4rec", "onnx"), ("gru4rec", "onnx")]
+         ("bert4rec", "onnx"), ("gru4rec", "onnx"),
+         # skip-aware inputs: a second graph input, the skip flags
+         ("sasrec+skips", "export"), ("gru4rec+skips", "export"), ("bert4rec+skips", "torchscript"),
+         ("sasrec+skips", "onnx"), ("gru4rec+skips", "onnx")]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +41,16 @@ def dataset_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def runs(dataset_dir, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
-    return {m: random_run(dataset_dir, root / m, model=m, max_len=MAX_LEN, seed=1) for m in ("sasrec", "bert4rec", "gru4rec")}
+    runs = {}
+    for m in ("sasrec", "bert4rec", "gru4rec"):
+        runs[m] = random_run(dataset_dir, root / m, model=m, max_len=MAX_LEN, seed=1)
+        runs[f"{m}+skips"] = random_run(dataset_dir, root / f"{m}+skips", model=m, max_len=MAX_LEN, seed=1, skip_inputs=True)
+    return runs
+
+
+def skip_flags(x: torch.Tensor) -> torch.Tensor:
+    g = torch.Generator().manual_seed(x.shape[0] + 7)
+    return (torch.rand(x.shape, generator=g) < 0.4) & (x != 0)
 
 
 def inputs(vocab_size: int, batch: int) -> torch.Tensor:
@@ -51,17 +63,20 @@ def inputs(vocab_size: int, batch: int) -> torch.Tensor:
 
 
 def query_fn(out: Path, format: str):
+    """``(items, skips or None) -> query`` with the exported graph."""
     if format == "export":
         module = torch.export.load(out / "query.pt2").module()
-        return lambda x: module(x)
+        return lambda x, s: module(x) if s is None else module(x, s)
     if format == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated in recent torch
             module = torch.jit.load(str(out / "query.ts"))
-        return lambda x: module(x)
+        return lambda x, s: module(x) if s is None else module(x, s)
     ort = pytest.importorskip("onnxruntime")
     session = ort.InferenceSession(str(out / "query.onnx"), providers=["CPUExecutionProvider"])
-    return lambda x: torch.from_numpy(session.run(["query"], {"items": x.numpy()})[0])
+    return lambda x, s: torch.from_numpy(
+        session.run(["query"], {"items": x.numpy(), **({} if s is None else {"skips": s.numpy()})})[0]
+    )
 
 
 @pytest.mark.parametrize("model,format", CASES)
@@ -73,7 +88,9 @@ def test_exported_scores_match_eager(runs, tmp_path, model, format):
     out = export(runs[model], tmp_path / "out", format=format)
     meta = json.loads((out / "export.json").read_text())
     assert meta["graph"] == {"export": "query.pt2", "torchscript": "query.ts", "onnx": "query.onnx"}[format]
-    assert meta["max_len"] == MAX_LEN and meta["model"] == model
+    aware = model.endswith("+skips")
+    assert meta["max_len"] == MAX_LEN and meta["model"] == model.removesuffix("+skips")
+    assert (meta["skips_input"] is not None) == aware
     rec = Recommender.load(runs[model])
     with pa.memory_map(str(out / "vocab.arrow")) as f:
         assert ipc.open_file(f).read_all().column("item").to_pylist() == rec.dataset.vocab.to_pylist()
@@ -81,9 +98,12 @@ def test_exported_scores_match_eager(runs, tmp_path, model, format):
     query = query_fn(out, format)
     for batch in (1, 5):
         x = inputs(rec.dataset.vocab_size, batch)
+        flags = skip_flags(x) if aware else None
         with torch.no_grad():
-            eager = rec.model.score_all(rec.model.next_query(x))
-        got = query(x) @ table.T
+            eager = rec.model.score_all(rec.model.next_query(x, flags))
+            if aware:  # the flags change the scores: the exported input is not ignored
+                assert (eager[:, 2:] - rec.model.score_all(rec.model.next_query(x))[:, 2:]).abs().max() > 1e-3
+        got = query(x, flags) @ table.T
         assert got.shape == eager.shape
         # ids 0 and 1 are -inf in eager scores and never recommended
         assert torch.isinf(eager[:, :2]).all()

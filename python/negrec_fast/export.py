@@ -3,7 +3,9 @@ and the vocabulary.
 
 ``OUT/`` holds ``query.pt2`` (``torch.export``), ``query.onnx`` (its weights may sit beside it
 in ``query.onnx.data``: keep the folder together) or ``query.ts`` (TorchScript):
-``items`` int64 ``[batch, max_len]`` (dynamic batch) -> ``query`` float32 ``[batch, d]``;
+``items`` int64 ``[batch, max_len]`` (dynamic batch), and for a model trained with
+``model.skip_inputs`` also ``skips`` bool ``[batch, max_len]`` (True where that input play was
+skipped) -> ``query`` float32 ``[batch, d]``;
 ``item_embeddings.npy`` (float32 ``[V, d]``, the tied item table); ``vocab.arrow`` (column
 ``item``: the original id of each internal id) and ``export.json`` (shapes, ids, scoring).
 Inputs are internal ids, LEFT-padded with 0, most recent play last: the last ``max_len`` known
@@ -38,7 +40,8 @@ EXPORT_FORMATS = {"export": "query.pt2", "onnx": "query.onnx", "torchscript": "q
 
 
 class QueryGraph(nn.Module):
-    """``items [B, max_len] -> query [B, d]``: the model's ``next_query`` in traceable form.
+    """``items [B, max_len] (, skips [B, max_len]) -> query [B, d]``: the model's ``next_query``
+    in traceable form (``skips`` only for skip-aware models: see :class:`SkipQueryGraph`).
 
     GRU4Rec packs variable-length rows in eager mode; here its real plays are moved to the
     front and the GRU runs over the full row, which gives the same state at the last real
@@ -50,20 +53,31 @@ class QueryGraph(nn.Module):
         self.model = model.eval()
 
     def forward(self, items: Tensor) -> Tensor:
-        if isinstance(self.model, GRU4Rec):
-            return self._gru_query(items)
-        return self.model.next_query(items)
+        return self.query(items, None)
 
-    def _gru_query(self, items: Tensor) -> Tensor:
+    def query(self, items: Tensor, skips: Tensor | None) -> Tensor:
+        if isinstance(self.model, GRU4Rec):
+            return self._gru_query(items, skips)
+        return self.model.next_query(items, skips)
+
+    def _gru_query(self, items: Tensor, skips: Tensor | None) -> Tensor:
         m = self.model
         real = items != m.pad_index
         n_real = real.sum(dim=1, keepdim=True)
         front = torch.where(real, real.cumsum(dim=1) - 1, n_real + (~real).cumsum(dim=1) - 1)
         compact = torch.zeros_like(items).scatter(1, front, items)
-        out, _ = m.gru(m.item_embedding(compact))
+        flags = None if skips is None else torch.zeros_like(skips).scatter(1, front, skips)
+        out, _ = m.gru(m.input_embedding(compact, flags))
         last = (n_real - 1).clamp(min=0)
         hidden = out.gather(1, last[..., None].expand(-1, -1, m.d_model))[:, 0]
         return m.project(hidden * (n_real > 0))
+
+
+class SkipQueryGraph(QueryGraph):
+    """The query graph of a skip-aware model: ``items`` and ``skips`` in."""
+
+    def forward(self, items: Tensor, skips: Tensor) -> Tensor:
+        return self.query(items, skips)
 
 
 def _example(max_len: int, vocab_size: int) -> Tensor:
@@ -82,19 +96,24 @@ def _torch_version() -> tuple[int, int]:
 def _save_graph(graph: QueryGraph, example: Tensor, format: str, path: Path) -> None:
     """Writes the graph; torch's own deprecation and tracer warnings are silenced (parity is
     tested in tests/test_export.py), and so is the ONNX exporter's progress on stdout."""
+    args: tuple[Tensor, ...] = (example,)
+    names = ["items"]
+    if isinstance(graph, SkipQueryGraph):
+        args, names = (example, example % 3 == 0), ["items", "skips"]
+    batch = torch.export.Dim("batch")
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         if format == "export":
-            program = torch.export.export(graph, (example,), dynamic_shapes={"items": {0: torch.export.Dim("batch")}})
+            program = torch.export.export(graph, args, dynamic_shapes={n: {0: batch} for n in names})
             torch.export.save(program, path)
         elif format == "torchscript":
-            torch.jit.save(torch.jit.trace(graph, (example,)), str(path))
+            torch.jit.save(torch.jit.trace(graph, args), str(path))
         else:
             if _torch_version() >= (2, 9):  # the torch.export-based exporter is the default
-                dynamic = {"dynamo": True, "dynamic_shapes": {"items": {0: torch.export.Dim("batch")}}}
+                dynamic = {"dynamo": True, "dynamic_shapes": {n: {0: batch} for n in names}}
             else:
-                dynamic = {"dynamic_axes": {"items": {0: "batch"}, "query": {0: "batch"}}}
-            torch.onnx.export(graph, (example,), str(path), input_names=["items"], output_names=["query"], **dynamic)
+                dynamic = {"dynamic_axes": {**{n: {0: "batch"} for n in names}, "query": {0: "batch"}}}
+            torch.onnx.export(graph, args, str(path), input_names=names, output_names=["query"], **dynamic)
 
 
 def _check_installed(format: str) -> None:
@@ -132,17 +151,13 @@ def export(
         raise ConfigError(f"{out}: the export folder exists and is not empty")
     rec = Recommender.load(run_dir, checkpoint=checkpoint, device="cpu")
     model, max_len = rec.model, rec.config.data.max_len
-    if rec.config.model.skip_inputs:
-        raise ConfigError(
-            f"{run_dir}: the model reads skip flags (model.skip_inputs = true); export takes item ids "
-            "only so far: export a model trained with model.skip_inputs=false"
-        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         with torch.no_grad():
             example = _example(max_len, rec.dataset.vocab_size)
-            _save_graph(QueryGraph(model).eval(), example, format, tmp / EXPORT_FORMATS[format])
+            graph = SkipQueryGraph(model) if rec.config.model.skip_inputs else QueryGraph(model)
+            _save_graph(graph.eval(), example, format, tmp / EXPORT_FORMATS[format])
         np.save(tmp / "item_embeddings.npy", model.item_weight.detach().float().cpu().numpy())
         vocab = pa.RecordBatch.from_pydict({"item": rec.dataset.vocab})
         with pa.OSFile(str(tmp / "vocab.arrow"), "wb") as sink, ipc.new_file(sink, vocab.schema) as writer:
@@ -171,6 +186,9 @@ def _write_meta(folder: Path, rec, run_dir: str | PathLike[str], format: str, ch
         "vocab_size": rec.dataset.vocab_size,
         "input": {"name": "items", "dtype": "int64", "shape": ["batch", max_len],
                   "padding": "left, id 0; the last max_len known plays, most recent last"},
+        "skips_input": {"name": "skips", "dtype": "bool", "shape": ["batch", max_len],
+                        "meaning": "True where the input play was skipped, aligned with items"}
+        if rec.config.model.skip_inputs else None,
         "output": {"name": "query", "dtype": "float32", "shape": ["batch", model.d_model]},
         "scores": "query @ item_embeddings.npy.T; ids 0 ([PAD]) and 1 ([MASK]) are never recommended",
         "vocab": "vocab.arrow",
