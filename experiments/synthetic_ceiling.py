@@ -29,7 +29,7 @@ class TasteOracle(torch.nn.Module):
         self.n_tastes = n_tastes
         self.log_pop = torch.from_numpy(np.log1p(popularity))
 
-    def next_query(self, items: torch.Tensor) -> torch.Tensor:
+    def next_query(self, items: torch.Tensor, skips: torch.Tensor | None = None) -> torch.Tensor:
         tastes = self.taste[items]
         votes = torch.zeros(items.shape[0], self.n_tastes).scatter_add_(
             1, tastes.clamp(min=0), (tastes >= 0).float()
