@@ -50,7 +50,9 @@ def prepare_data(args) -> tuple[Path, Path, str, bool]:
 
     work = Path(args.work)
     if args.data and args.data.endswith(".inter"):
-        name = Path(args.data).stem
+        # not the file's own stem: RecBole 1.2.1 reads its bundled copy for a dataset named
+        # "ml-100k", whatever data_path says
+        name = f"{Path(args.data).stem}-seq"
         ds_dir = work / f"negrec-{name}"
         prepare(args.data, ds_dir, format="recbole", min_length=MIN_TARGETS, overwrite=True, progress=False)
         write_inter(load_dataset(ds_dir), work / "recbole" / name / f"{name}.inter", kept_only=False)
