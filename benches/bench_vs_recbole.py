@@ -208,6 +208,7 @@ def main() -> None:
     p.add_argument("--synthetic-sessions", type=int, default=20_000, help="without --data: generate an MSSD log")
     p.add_argument("--synthetic-items", type=int, default=5_000)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds run are FIRST_SEED .. FIRST_SEED + SEEDS - 1")
     p.add_argument("--epochs", type=int, default=50, help="epoch cap (both sides)")
     p.add_argument("--negrec-epochs", type=int, help="negrec-fast's epoch cap when not --epochs")
     p.add_argument("--patience", type=int, default=5, help="epochs without validation NDCG@10 improvement before stopping")
@@ -222,7 +223,7 @@ def main() -> None:
     Path(args.work).mkdir(parents=True, exist_ok=True)
     ds_dir, data_path, name, has_skips = prepare_data(args)
     runs = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for side in ("recbole", "negrec"):
             tic = time.perf_counter()
             r = run_recbole(args, data_path, name, seed) if side == "recbole" else run_negrec(args, ds_dir, name, seed, has_skips)
