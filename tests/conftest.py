@@ -14,13 +14,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 @pytest.fixture(scope="session")
 def dataset_dir(tmp_path_factory) -> Path:
     """A prepared 500-session, 400-item generated MSSD log (shared by the training-run tests)."""
-    from negrec_fast.data import prepare
-    from negrec_fast.synthetic import generate_mssd
+    from run_folders import generated_dataset
 
-    root = tmp_path_factory.mktemp("synthetic")
-    raw = generate_mssd(root / "log.csv", n_sessions=500, n_items=400, seed=3)
-    prepare(raw, root / "prepared", format="mssd", progress=False)
-    return root / "prepared"
+    return generated_dataset(tmp_path_factory.mktemp("synthetic"), n_sessions=500, n_items=400, seed=3)
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,17 @@ from pathlib import Path
 import torch
 from negrec_fast.checkpoint import save_checkpoint
 from negrec_fast.config import Config
-from negrec_fast.data import load_dataset
+from negrec_fast.data import load_dataset, prepare
 from negrec_fast.models import build_model_for
 from negrec_fast.run_folder import CHECKPOINT_FORMAT
+from negrec_fast.synthetic import generate_mssd
+
+
+def generated_dataset(root: Path, **log) -> Path:
+    """A generate_mssd log (keyword arguments as there) prepared into ``root/prepared``."""
+    raw = generate_mssd(root / "log.csv", **log)
+    prepare(raw, root / "prepared", format="mssd", progress=False)
+    return root / "prepared"
 
 
 def tiny(dataset_dir: Path, run_dir: Path, *extra: str, batch_size: int = 32) -> list[str]:

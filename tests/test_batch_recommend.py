@@ -11,25 +11,21 @@ import numpy as np
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-from run_folders import random_run
+from run_folders import generated_dataset, random_run
 
 from negrec_fast.batch_recommend import recommend_file
 from negrec_fast.checkpoint import load_checkpoint, save_checkpoint
 from negrec_fast.cli import main
-from negrec_fast.data import load_dataset, prepare
+from negrec_fast.data import load_dataset
 from negrec_fast.errors import InputError, NegrecError
 from negrec_fast.recommend import Recommender
-from negrec_fast.synthetic import generate_mssd
 
 MAX_LEN = 8
 
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("batchrec")
-    raw = generate_mssd(root / "log.csv", n_sessions=150, n_items=120, seed=5)
-    prepare(raw, root / "prepared", format="mssd", progress=False)
-    return root / "prepared"
+    return generated_dataset(tmp_path_factory.mktemp("batchrec"), n_sessions=150, n_items=120, seed=5)
 
 
 @pytest.fixture(scope="module", params=["sasrec", "gru4rec"])

@@ -13,14 +13,13 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
 import torch
-from run_folders import random_run
+from run_folders import generated_dataset, random_run
 
 from negrec_fast.cli import main
-from negrec_fast.data import load_dataset, prepare
+from negrec_fast.data import load_dataset
 from negrec_fast.errors import ConfigError
 from negrec_fast.export import export
 from negrec_fast.recommend import Recommender
-from negrec_fast.synthetic import generate_mssd
 
 MAX_LEN = 8
 CASES = [("sasrec", "export"), ("bert4rec", "export"), ("gru4rec", "export"), ("sasrec", "torchscript"),
@@ -32,10 +31,7 @@ CASES = [("sasrec", "export"), ("bert4rec", "export"), ("gru4rec", "export"), ("
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("export")
-    raw = generate_mssd(root / "log.csv", n_sessions=80, n_items=60, seed=2)
-    prepare(raw, root / "prepared", format="mssd", progress=False)
-    return root / "prepared"
+    return generated_dataset(tmp_path_factory.mktemp("export"), n_sessions=80, n_items=60, seed=2)
 
 
 @pytest.fixture(scope="module")

@@ -250,3 +250,17 @@ def test_a_diverged_run_stops_with_a_clear_error(dataset_dir, tmp_path):
     # a learning rate this large overflows the weights within the first epoch
     with pytest.raises(FloatingPointError, match=r"training loss became (nan|inf) in epoch 1"):
         train(overrides=tiny(dataset_dir, tmp_path / "diverged", "train.lr=1e30", "train.grad_clip=0"))
+
+
+def test_resume_from_a_checkpoint_with_float_loss_sums(dataset_dir, tmp_path):
+    """Checkpoints written before the loss sums moved to the device resume to the same history."""
+    from negrec_fast.checkpoint import save_checkpoint
+
+    full = train(overrides=tiny(dataset_dir, tmp_path / "full", ONE_THREAD))
+    part = train(overrides=tiny(dataset_dir, tmp_path / "part", ONE_THREAD, "train.max_steps=5"))
+    ckpt = load_checkpoint(part.run_dir / "last.pt")
+    loss, rec, nce = ckpt["progress"].pop("loss_sums").tolist()
+    ckpt["progress"]["epoch_sums"].update(loss=loss, rec=rec, nce=nce)
+    save_checkpoint(part.run_dir / "last.pt", ckpt)
+    resumed = train(resume=part.run_dir, overrides=["train.max_steps=0"])
+    assert comparable(resumed.history) == comparable(full.history)

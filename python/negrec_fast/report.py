@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from negrec_fast.config import load_config
+from negrec_fast.config import apply_overrides, load_config
 from negrec_fast.errors import ConfigError, InputError
 
 # keys that say nothing about what a run trained
@@ -165,8 +165,6 @@ def _parse_base(base: str) -> tuple[str, Any]:
     key, sep, raw = base.partition("=")
     if not sep or "." not in key:
         raise ConfigError(f"--base must be section.key=value, got {base!r}")
-    from negrec_fast.config import apply_overrides
-
     section, name = key.split(".", 1)
     return key.strip(), apply_overrides({}, [base])[section][name]
 

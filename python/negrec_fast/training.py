@@ -227,8 +227,14 @@ class Trainer:
         p = ckpt["progress"]
         self.epoch, self.batch, self.step = p["epoch"], p["batch"], p["step"]
         self.bad_epochs, self.best, self.history = p["bad_epochs"], p["best"], p["history"]
-        self.epoch_sums = p["epoch_sums"]
-        self.loss_sums = p["loss_sums"].to(self.device)
+        sums = p["epoch_sums"]
+        # checkpoints written before the loss sums moved to the device keep them as floats
+        if "loss_sums" in p:
+            losses = p["loss_sums"]
+        else:
+            losses = torch.tensor([sums.pop(k) for k in ("loss", "rec", "nce")], dtype=torch.float64)
+        self.epoch_sums = sums
+        self.loss_sums = losses.to(self.device, torch.float64)
         # metrics.jsonl may hold an epoch logged after the checkpoint; rewrite it from history.
         (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in self.history))
 
