@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from negrec_fast import __version__, _core
-from negrec_fast.data import parquet
+from negrec_fast.data import parquet, yambda
 from negrec_fast.data.dataset import (
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -32,7 +32,8 @@ from negrec_fast.data.dataset import (
 )
 from negrec_fast.progress import Progress
 
-FORMATS = ("mssd", "lfm1k", "lfm2b", "events", "recbole")
+FORMATS = ("mssd", "lfm1k", "lfm2b", "events", "recbole")  # read by the Rust ingest
+PREPARE_FORMATS = FORMATS + ("yambda",)  # yambda: converted to an events table first (data/yambda.py)
 PathArg = str | PathLike[str]
 
 # Column-mapping options of the events/recbole formats (passed to Rust as is).
@@ -122,6 +123,8 @@ def prepare(
     rating_column: str | None = None,
     threshold: float | None = None,
     delimiter: str | None = None,
+    skip_below: float | None = None,
+    organic_only: bool = False,
     on_bad_rows: str = "error",
     progress: bool = True,
     overwrite: bool = False,
@@ -132,17 +135,18 @@ def prepare(
     (``.parquet`` files too for ``events``/``recbole``: only the columns the mapping uses are read,
     and errors name the Parquet file, data row and column).
     format: ``mssd`` (Spotify MSSD CSV), ``lfm1k`` (Last.fm 1K TSV), ``lfm2b`` (``user, track,
-    time`` TSV), ``events`` (CSV/TSV with a header) or ``recbole`` (``.inter``).
+    time`` TSV), ``events`` (CSV/TSV with a header), ``recbole`` (``.inter``) or ``yambda``
+    (Yambda flat-layout ``listens.parquet`` and ``dislikes.parquet``, or their folder).
     Filters, in order: a session (and each full window of a cut one) needs ``min_length`` plays;
     sessions longer than ``max_length`` (None = no cut) are cut into windows of ``max_length``
     plays, the shorter last window (remainder) kept only with ``min_remainder`` plays (defaults
-    6/20/5: windows of 20, remainders of >= 5 kept; ``"auto"``: 20, no cut for ``recbole``);
+    6/20/5: windows of 20, remainders of >= 5 kept; ``"auto"``: 20, no cut for recbole/yambda);
     ``require_skip`` (default: on for MSSD, off otherwise) drops windows without a skip;
     ``max_sessions`` keeps a ``seed``-ed uniform sample in file order. User-keyed timestamped
     logs are cut into sessions at gaps over ``session_gap`` seconds (keys ``user#n``; None = one
-    sequence per user; ``"auto"``: 1800, None for ``recbole``); windows of a cut session get
+    sequence per user; ``"auto"``: 1800, None for recbole/yambda); windows of a cut session get
     ``:w`` appended. ``recbole`` thus follows RecBole by default: one sequence per user
-    (``user_id``), ordered by timestamp, ties in file order.
+    (``user_id``), ordered by timestamp, ties in file order; ``yambda`` likewise (``uid``).
     Skips: MSSD ``skip_rule`` (``skip_1``, ``skip_2`` = default, ``skip_3``, ``not_skipped``);
     events/recbole one of ``skip_column`` (boolean), ``ratio_column`` (< ``threshold``),
     ``play_time_column``/``duration_column`` (ratio < ``threshold``), ``rating_column``
@@ -150,19 +154,23 @@ def prepare(
     (``track_id, duration_seconds``): a play is skipped when the next play of its session starts
     before the track's duration has passed. LFM-1K rows without a track id use the key
     ``artist-name + "\\x1f" + track-name``.
+    Yambda: a listen is skipped when ``played_ratio_pct < skip_below`` (default 50, Yambda's
+    Listen+ boundary); a dislike flags the listen it interrupted as skipped, or else adds a skipped
+    play at its time; ``organic_only`` keeps ``is_organic = 1`` events only (rules and schema
+    source: ``negrec_fast.data.yambda``).
     on_bad_rows: ``"error"`` raises InputError (``FILE:LINE:COL: ...``) at the first malformed
     row; ``"skip"`` skips and counts them (manifest ``n_bad_rows``).
     The folder is written to a temporary sibling and renamed into place when complete; an
     existing non-empty ``output_dir`` is replaced only with ``overwrite=True``.
     """
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
+    if format not in PREPARE_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(PREPARE_FORMATS)}; got {format!r}")
     if on_bad_rows not in ("error", "skip"):
         raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {on_bad_rows!r}")
     if max_length == "auto":
-        max_length = None if format == "recbole" else 20
+        max_length = None if format in ("recbole", "yambda") else 20
     if session_gap == "auto":
-        session_gap = None if format == "recbole" else 1800
+        session_gap = None if format in ("recbole", "yambda") else 1800
     for name, value in (("max_length", max_length), ("session_gap", session_gap)):
         if isinstance(value, str):
             raise ValueError(f"{name} must be an integer, None or 'auto', got {value!r}")
@@ -230,18 +238,36 @@ def prepare(
         rules["columns"] = {k: v for k, v in mapping.items() if v is not None}
     elif any(v is not None for k, v in mapping.items() if k != "timestamp_unit"):
         raise ValueError(f"column-mapping options apply to the events and recbole formats, not {format}")
+    if format == "yambda":
+        if durations is not None or on_bad_rows != "error":
+            raise ValueError("the yambda format takes neither durations nor on_bad_rows='skip'")
+        skip_below = yambda.check_skip_below(yambda.SKIP_BELOW if skip_below is None else skip_below)
+        kwargs.update(yambda.INGEST_OPTIONS)
+        rules.update(skip_below=skip_below, organic_only=organic_only)
+    elif skip_below is not None or organic_only:
+        raise ValueError(f"skip_below and organic_only apply to the yambda format, not {format}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         converted: list[parquet.Converted] = []
+        from_yambda: yambda.Converted | None = None
         if format in ("events", "recbole") and any(p.suffix.lower() == ".parquet" for p in inputs):
             kwargs["delimiter"] = delimiter or ","
             inputs, converted = parquet.to_csv(inputs, tmp, mapping, kwargs["delimiter"], format == "recbole")
+        if format == "yambda":
+            from_yambda = yambda.to_csv(
+                inputs, tmp / "yambda-events.csv", skip_below=skip_below, organic_only=organic_only, progress=progress
+            )
+            inputs = [from_yambda.csv]
         try:
             raw = _run_with_progress([str(p) for p in inputs], progress, kwargs)
         except _core.InputError as e:
-            raise parquet.map_error(e, converted) from None
+            raise (from_yambda.map_error(e) if from_yambda else parquet.map_error(e, converted)) from None
+        if from_yambda:
+            raw.update(files=from_yambda.files, bytes=from_yambda.bytes, yambda=from_yambda.counts)
+            raw["rows_read"] = from_yambda.counts["listens"] + from_yambda.counts["dislikes"]
+            from_yambda.csv.unlink()
         if converted:
             raw["files"] = parquet.source_files(raw["files"], converted)
             raw["bytes"] += sum(c.parquet.stat().st_size - c.csv.stat().st_size for c in converted)
@@ -309,6 +335,7 @@ def _write_folder(
             "paths": raw["files"],
             "bytes": int(raw["bytes"]),
             "rows_read": int(raw["rows_read"]),
+            **({"yambda": raw["yambda"]} if "yambda" in raw else {}),  # Yambda event counts
         },
         "rules": rules,
         "split": split_info,
