@@ -39,6 +39,10 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=8000)
     parser.add_argument("--chart-keep-share", type=float, default=0.0,
                         help="share of sessions that keep chart plays (their skips then tell sessions apart)")
+    parser.add_argument("--skip-prob-off", type=float, default=0.8,
+                        help="skip probability of off-taste (chart) plays in sessions that do not like the charts")
+    parser.add_argument("--dislike-share", type=float, default=0.0,
+                        help="share of its taste's items each session dislikes (generator's dislike mode)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--set", nargs="*", default=[], metavar="section.key=value", help="extra config overrides")
     parser.add_argument("--work", default="runs/skip_penalty")
@@ -46,8 +50,9 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(args.work)
-    log = {**LOG, "chart_keep_share": args.chart_keep_share}
-    tag = f"charts-{args.sessions}-keep{args.chart_keep_share:g}"
+    log = {**LOG, "chart_keep_share": args.chart_keep_share, "skip_prob_off": args.skip_prob_off,
+           "dislike_share": args.dislike_share}
+    tag = f"charts-{args.sessions}-keep{args.chart_keep_share:g}-off{args.skip_prob_off:g}-dislike{args.dislike_share:g}"
     data = work / tag
     if not (data / "manifest.json").is_file():
         work.mkdir(parents=True, exist_ok=True)

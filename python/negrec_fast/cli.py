@@ -9,10 +9,13 @@ from pathlib import Path
 
 
 def _train(args: argparse.Namespace) -> int:
+    from negrec_fast.distributed import is_main_process
     from negrec_fast.evaluation import format_table
     from negrec_fast.training import train
 
     result = train(args.config, overrides=args.overrides, resume=args.resume)
+    if not is_main_process():  # under torchrun, rank 0 reports
+        return 0
     if not result.completed:
         print(f"stopped after train.max_steps; continue with: negrec-fast train --resume {result.run_dir}")
         return 0
@@ -143,7 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_prepare_parser(sub)
 
-    p = sub.add_parser("train", help="train a model (default: SASRec + skip-InfoNCE on the bundled synthetic data)")
+    p = sub.add_parser(
+        "train", help="train a model (default: SASRec + skip-InfoNCE on the bundled synthetic data)",
+        epilog="several processes or GPUs: torchrun --nproc-per-node N -m negrec_fast train ... "
+               "(train.batch_size is then the global batch, split across the processes)",
+    )
     p.add_argument("--config", help="TOML config file (sections data, model, loss, train, eval, run)")
     p.add_argument(
         "--resume", metavar="RUN_DIR",

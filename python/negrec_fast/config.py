@@ -21,6 +21,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+SINE_METRICS = ("sine_AUC", "sine_GAUC", "sine_NDCG")  # eval.sine_metrics (negrec_fast.metrics)
+# loss.rec of the matrix-factorisation baselines when the config does not give one
+MODEL_LOSSES = {"bpr": "bpr", "wrmf": "wrmf"}
+
 
 @dataclass
 class DataConfig:
@@ -43,11 +47,17 @@ class ModelConfig:
     norm_first: bool = False
     mask_prob: float = 0.2  # BERT4Rec masking probability
     skip_inputs: bool = False  # add a learned skip-flag embedding to each input play
+    sine_interests: int = 2  # SINE: number K of sub-interest embeddings (>= 2)
+    # WRMF (model.name = "wrmf"): extra confidence of an observed (kept) item and the L2 weight (> 0)
+    wrmf_alpha: float = 10.0
+    wrmf_l2: float = 1.0
 
 
 @dataclass
 class LossConfig:
-    rec: str = "sampled_softmax"  # main loss: sampled_softmax | full_softmax | bce | gbce
+    # main loss: sampled_softmax | full_softmax | bce | gbce | bpr | wrmf (model "wrmf"'s own objective);
+    # when not given, model "bpr" trains with "bpr" and model "wrmf" with "wrmf" (MODEL_LOSSES)
+    rec: str = "sampled_softmax"
     skipped_targets: str = "ignore"  # "ignore": only kept plays are positives; "include": all plays
     n_negatives: int = 1000  # K shared sampled negatives per batch
     sampling: str = "uniform"  # or "popularity" (count^alpha)
@@ -66,12 +76,17 @@ class LossConfig:
     nce_context: str = "embedding"  # anchors: "embedding" (item embeddings) or "encoder" (encoder outputs)
     nce_normalize: str = "kept"  # InfoNCE mean over "kept" plays with a later kept play, or "anchors"
     backend: str = "auto"  # "auto" = Triton on GPU, reference on CPU; or "triton" / "torch"
+    # SINE's own loss (negrec_fast.losses.sine; the keys above except n_negatives, sampling and
+    # alpha do not apply to it): BPR against a random negative + sine_skip_weight * pairwise loss
+    # against the plays skipped before each target + sine_dcor_weight * interest distance correlation
+    sine_skip_weight: float = 1.0
+    sine_dcor_weight: float = 1.0
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 256
+    epochs: int = 100  # a cap: early stopping (patience) ends a run once validation stops improving
+    batch_size: int = 64  # sequences per optimizer step, over all processes under torchrun
     lr: float = 1e-3
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
@@ -83,7 +98,7 @@ class TrainConfig:
     # HR@10 so far (a kept epoch that falls below it is replaced), so a model whose HR@10 collapsed
     # cannot win by ranking everything low; 0 disables the guard
     early_stopping_guard: float = 0.9
-    patience: int = 3  # epochs without improvement before stopping; 0 disables
+    patience: int = 5  # epochs without improvement before stopping; 0 disables
     checkpoint_every: int = 0  # also save `last.pt` every N batches mid-epoch; 0 = per epoch only
     max_steps: int = 0  # stop (resumably) after N optimizer steps in this invocation; 0 = no limit
     prefetch: int = 4
@@ -91,6 +106,8 @@ class TrainConfig:
     # intra-op CPU threads; 0 = torch's count when the run starts. The resolved count is written
     # to config.toml and set again on resume: float sums, hence exact resume, depend on it
     threads: int = 0
+    # process group backend under torchrun: "auto" (nccl on CUDA, gloo on CPU), "nccl" or "gloo"
+    dist_backend: str = "auto"
 
 
 @dataclass
@@ -101,6 +118,9 @@ class EvalConfig:
     # Recommender.recommend(exclude_seen=True) never returns them; same default False there
     exclude_seen: bool = False
     sampled_candidates: int = 0  # 0 = full-catalogue ranking; N = N sampled negatives per target
+    # also rank each kept target among its example's held-out skipped tracks (SINE's protocol,
+    # Pan et al. 2023): sine_AUC (pooled), sine_GAUC (mean over examples), sine_NDCG
+    sine_metrics: bool = False
     seed: int = 0
 
 
@@ -133,14 +153,16 @@ class Config:
                 raise ConfigError(f"[{section_name}] must be a table of keys, got {values!r}")
             for key, value in values.items():
                 _set(section, f"{section_name}.{key}", key, value)
+        if "rec" not in raw.get("loss", {}):
+            config.loss.rec = MODEL_LOSSES.get(config.model.name, config.loss.rec)
         config.validate()
         return config
 
     def validate(self) -> None:
         """Check values that types alone cannot: ranges, choices, compatibility."""
         _choice("data.windows", self.data.windows, ("all", "last"))
-        _choice("model.name", self.model.name, ("sasrec", "bert4rec", "gru4rec"))
-        _choice("loss.rec", self.loss.rec, ("sampled_softmax", "full_softmax", "bce", "gbce"))
+        _choice("model.name", self.model.name, ("sasrec", "bert4rec", "gru4rec", "sine", "bpr", "wrmf"))
+        _choice("loss.rec", self.loss.rec, ("sampled_softmax", "full_softmax", "bce", "gbce", "bpr", "wrmf"))
         _choice("loss.skipped_targets", self.loss.skipped_targets, ("ignore", "include"))
         _choice("loss.sampling", self.loss.sampling, ("uniform", "popularity"))
         _choice("loss.skip_penalty", self.loss.skip_penalty, ("none", "negatives", "unlikelihood"))
@@ -148,6 +170,7 @@ class Config:
         _choice("loss.nce_context", self.loss.nce_context, ("embedding", "encoder"))
         _choice("loss.nce_normalize", self.loss.nce_normalize, ("kept", "anchors"))
         _choice("loss.backend", self.loss.backend, ("auto", "triton", "torch"))
+        _choice("train.dist_backend", self.train.dist_backend, ("auto", "nccl", "gloo"))
         _positive("data.max_len", self.data.max_len)
         _positive("data.synthetic_sessions", self.data.synthetic_sessions)
         _positive("data.synthetic_items", self.data.synthetic_items)
@@ -181,14 +204,52 @@ class Config:
             raise ConfigError("eval.exclude_seen applies to full-catalogue ranking; it cannot be combined with eval.sampled_candidates")
         metric, _, k = self.train.early_stopping_metric.partition("@")
         ranked = metric in ("HR", "NDCG", "MRR") and k.isdigit() and int(k) in self.eval.ks
-        if not ranked and self.train.early_stopping_metric != "skip_MRR@10":
+        sine = self.eval.sine_metrics and self.train.early_stopping_metric in SINE_METRICS
+        if not ranked and not sine and self.train.early_stopping_metric != "skip_MRR@10":
             raise ConfigError(
                 f"train.early_stopping_metric must be HR@K, NDCG@K or MRR@K with K in eval.ks "
-                f"{self.eval.ks}, or skip_MRR@10; got {self.train.early_stopping_metric!r}"
+                f"{self.eval.ks}, or skip_MRR@10 (or, with eval.sine_metrics, one of "
+                f"{', '.join(SINE_METRICS)}); got {self.train.early_stopping_metric!r}"
             )
+        self._validate_sine()
+        self._validate_matrix_factorization()
         _seed("train.seed", self.train.seed)
         _seed("data.synthetic_seed", self.data.synthetic_seed)
         _non_negative("loss.alpha", self.loss.alpha)
+
+    def _validate_sine(self) -> None:
+        """SINE's options, and the general ones that contradict its loss."""
+        if self.model.sine_interests < 2:
+            raise ConfigError(f"model.sine_interests must be >= 2, got {self.model.sine_interests!r}")
+        _non_negative("loss.sine_skip_weight", self.loss.sine_skip_weight)
+        _non_negative("loss.sine_dcor_weight", self.loss.sine_dcor_weight)
+        if self.model.name != "sine":
+            return
+        if self.model.skip_inputs:
+            raise ConfigError("model.skip_inputs does not apply to model.name = 'sine': it reads the kept plays only")
+        if self.loss.skipped_targets != "ignore":
+            raise ConfigError("model.name = 'sine' predicts kept plays only: loss.skipped_targets must be 'ignore'")
+        if self.loss.rec != "sampled_softmax":
+            raise ConfigError(
+                "model.name = 'sine' trains with its own loss (loss.sine_*) on the loader's sampled negatives: "
+                f"loss.rec does not apply, leave it 'sampled_softmax'; got {self.loss.rec!r}"
+            )
+
+    def _validate_matrix_factorization(self) -> None:
+        """The BPR-MF and WRMF baselines' options (negrec_fast.models.matrix_factorization)."""
+        _non_negative("model.wrmf_alpha", self.model.wrmf_alpha)
+        _positive("model.wrmf_l2", self.model.wrmf_l2)
+        name = self.model.name
+        if (name == "wrmf") != (self.loss.rec == "wrmf"):
+            raise ConfigError(
+                f"model.name = 'wrmf' trains only with loss.rec = 'wrmf' (its fold-in is that objective's "
+                f"optimum), and loss.rec = 'wrmf' needs model.name = 'wrmf'; got {name!r} with {self.loss.rec!r}"
+            )
+        if name in MODEL_LOSSES and self.model.skip_inputs:
+            raise ConfigError(
+                f"model.skip_inputs does not apply to model.name = {name!r}: it reads the skip flags itself "
+                "(its query is built from the kept plays only)"
+            )
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -17,6 +17,10 @@ For every session with a target in the split, the model reads the plays before t
   tie-breaking.
 - ``sampled_candidates = N`` ranks each held-out track against N negatives fixed by seed
   instead of the whole catalogue (only on explicit request: sampled metrics mislead).
+- ``sine_metrics`` adds SINE's protocol (Pan et al., RecSys 2023) from the same scores: each
+  kept target against its example's held-out skipped tracks (those of another item; with
+  ``exclude_seen``, seen ones score ``-inf``): ``sine_AUC``, ``sine_GAUC``, ``sine_NDCG``
+  (:class:`negrec_fast.metrics.SkipCandidateAccumulator`).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import numpy as np
 import torch
 
 from negrec_fast.config import EvalConfig
-from negrec_fast.metrics import MetricAccumulator, Ranks, sampled_ranks, target_ranks
+from negrec_fast.metrics import MetricAccumulator, Ranks, SkipCandidateAccumulator, sampled_ranks, target_ranks
 from negrec_fast.run_folder import load_run
 
 SKIP_K = 10
@@ -113,6 +117,7 @@ def evaluate_model(model, dataset, split: str, cfg: EvalConfig, max_len: int, de
     was_training = model.training
     model.eval()
     acc = MetricAccumulator(tuple(cfg.ks), skip_k=SKIP_K)
+    sine = SkipCandidateAccumulator() if cfg.sine_metrics else None
     order = np.argsort(examples.skipped_example, kind="stable")
     skip_ex, skip_items = examples.skipped_example[order], examples.skipped_items[order]
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -127,8 +132,21 @@ def evaluate_model(model, dataset, split: str, cfg: EvalConfig, max_len: int, de
         skipped = torch.arange(len(held_out), device=device) >= hi - lo
         seen = torch.from_numpy(seen_items(dataset, examples, lo, hi)).to(device)[rows] if cfg.exclude_seen else None
         acc.add(_rank(scores[rows], held_out, seen, cfg, generator), target_skipped=skipped)
+        if sine is not None:
+            sine.add(*_skip_candidates(scores[rows, held_out], rows, held_out, seen, hi - lo))
     model.train(was_training)
-    return acc.compute()
+    return acc.compute() | (sine.compute() if sine is not None else {})
+
+
+def _skip_candidates(held_scores, rows, held_out, seen, n_targets: int):
+    """``(target_scores, example, candidate_scores)`` for SINE's protocol from the held-out
+    tracks (the ``n_targets`` kept targets first): skipped tracks of the target's own item are
+    no candidates; ``seen`` items (``exclude_seen``) score ``-inf``."""
+    if seen is not None:
+        held_scores = held_scores.masked_fill((seen == held_out[:, None]).any(dim=1), float("-inf"))
+    example = rows[n_targets:]
+    other = held_out[n_targets:] != held_out[:n_targets][example]
+    return held_scores[:n_targets], example[other], held_scores[n_targets:][other]
 
 
 def _rank(scores: torch.Tensor, held_out: torch.Tensor, seen: torch.Tensor | None, cfg: EvalConfig, generator) -> Ranks:

@@ -4,8 +4,9 @@ and the vocabulary.
 ``OUT/`` holds ``query.pt2`` (``torch.export``), ``query.onnx`` (its weights may sit beside it
 in ``query.onnx.data``: keep the folder together) or ``query.ts`` (TorchScript):
 ``items`` int64 ``[batch, max_len]`` (dynamic batch), and for a model trained with
-``model.skip_inputs`` also ``skips`` bool ``[batch, max_len]`` (True where that input play was
-skipped) -> ``query`` float32 ``[batch, d]``;
+``model.skip_inputs`` (or a ``bpr`` / ``wrmf`` model, whose query is built from the kept plays)
+also ``skips`` bool ``[batch, max_len]`` (True where that input play was skipped) -> ``query``
+float32 ``[batch, d]``;
 ``item_embeddings.npy`` (float32 ``[V, d]``, the tied item table); ``vocab.arrow`` (column
 ``item``: the original id of each internal id) and ``export.json`` (shapes, ids, scoring).
 Inputs are internal ids, LEFT-padded with 0, most recent play last: the last ``max_len`` known
@@ -150,13 +151,20 @@ def export(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out}: the export folder exists and is not empty")
     rec = Recommender.load(run_dir, checkpoint=checkpoint, device="cpu")
+    if rec.config.model.name == "sine":  # its graph would need the skip flags to drop skipped plays
+        raise ConfigError(f"{run_dir}: export is not supported for model 'sine'; use recommend or the run folder")
+    if rec.config.model.name == "wrmf" and format == "onnx":
+        raise ConfigError(
+            f"{run_dir}: model 'wrmf' cannot be exported to ONNX (its fold-in needs a Cholesky factorisation, "
+            "which ONNX lacks); use --format export or torchscript"
+        )
     model, max_len = rec.model, rec.config.data.max_len
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         with torch.no_grad():
             example = _example(max_len, rec.dataset.vocab_size)
-            graph = SkipQueryGraph(model) if rec.config.model.skip_inputs else QueryGraph(model)
+            graph = SkipQueryGraph(model) if _reads_skips(rec.config) else QueryGraph(model)
             _save_graph(graph.eval(), example, format, tmp / EXPORT_FORMATS[format])
         np.save(tmp / "item_embeddings.npy", model.item_weight.detach().float().cpu().numpy())
         vocab = pa.RecordBatch.from_pydict({"item": rec.dataset.vocab})
@@ -170,6 +178,11 @@ def export(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _reads_skips(config) -> bool:
+    """Whether the query reads the skip flags: skip-aware inputs, or a matrix-factorisation model."""
+    return config.model.skip_inputs or config.model.name in ("bpr", "wrmf")
 
 
 def _write_meta(folder: Path, rec, run_dir: str | PathLike[str], format: str, checkpoint: str) -> None:
@@ -188,7 +201,7 @@ def _write_meta(folder: Path, rec, run_dir: str | PathLike[str], format: str, ch
                   "padding": "left, id 0; the last max_len known plays, most recent last"},
         "skips_input": {"name": "skips", "dtype": "bool", "shape": ["batch", max_len],
                         "meaning": "True where the input play was skipped, aligned with items"}
-        if rec.config.model.skip_inputs else None,
+        if _reads_skips(rec.config) else None,
         "output": {"name": "query", "dtype": "float32", "shape": ["batch", model.d_model]},
         "scores": "query @ item_embeddings.npy.T; ids 0 ([PAD]) and 1 ([MASK]) are never recommended",
         "vocab": "vocab.arrow",

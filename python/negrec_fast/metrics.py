@@ -195,13 +195,97 @@ class MetricAccumulator:
         return out
 
 
+def candidate_ranks(target_scores: Tensor, example: Tensor, candidate_scores: Tensor) -> tuple[Ranks, Tensor]:
+    """:class:`Ranks` of each target ``[E]`` among its own candidates (candidate ``m`` belongs to
+    target ``example[m]``; the target itself is not a candidate), and each target's candidate
+    count ``[E]``. The tie rule of the module: NaN and ``-inf`` candidates never outrank a
+    target; a NaN or ``-inf`` target is behind all its candidates."""
+    e = target_scores.shape[0]
+    own = target_scores[example]
+    above = torch.zeros(e, dtype=torch.long, device=target_scores.device).index_add_(
+        0, example, (candidate_scores > own).long()
+    )
+    tied = torch.zeros_like(above).index_add_(0, example, (candidate_scores == own).long())
+    n = torch.bincount(example, minlength=e)
+    unrankable = torch.isnan(target_scores) | torch.isneginf(target_scores)
+    return Ranks(torch.where(unrankable, n + 1, above + 1), torch.where(unrankable, 0, tied)), n
+
+
+def pooled_auc(positive: Tensor, negative: Tensor) -> float:
+    """P(a random positive scores above a random negative), a tie counting 1/2 (the expected
+    value under random tie-breaking); a NaN or ``-inf`` positive is below every negative and a
+    NaN negative below every other positive. Needs at least one of each."""
+    if not positive.numel() or not negative.numel():
+        raise ValueError("pooled_auc needs at least one positive and one negative score")
+    neg = negative.double()
+    neg = torch.where(torch.isnan(neg), float("-inf"), neg).sort().values
+    pos = positive.double()
+    below = torch.searchsorted(neg, pos, right=False)
+    wins = below + 0.5 * (torch.searchsorted(neg, pos, right=True) - below)
+    wins = torch.where(torch.isnan(pos) | torch.isneginf(pos), 0.0, wins)
+    return float(wins.sum()) / (pos.numel() * neg.numel())
+
+
+class SkipCandidateAccumulator:
+    """SINE's protocol (Pan et al., RecSys 2023): each kept target ranked among its example's
+    held-out skipped tracks (label 1 for the target, 0 for the skipped tracks).
+
+    - ``sine_GAUC``: mean over examples with >= 1 skipped candidate of the example's AUC, the
+      share of its candidates ranked below the target (every example weighs the same);
+    - ``sine_NDCG``: over the same examples, ``1 / log2(rank + 1)`` of the target among its
+      candidates (no cut-off);
+    - ``sine_AUC``: the AUC of all targets against all skipped candidates pooled over examples
+      (:func:`pooled_auc`; the targets of examples without a skipped candidate count too).
+
+    Ties follow the module's rule (expected values under random tie-breaking). Metrics without
+    examples are left out of :meth:`compute`; ``n_sine_examples`` is always there.
+    """
+
+    def __init__(self) -> None:
+        self.gauc_sum = 0.0
+        self.ndcg_sum = 0.0
+        self.n_examples = 0
+        self.positives: list[Tensor] = []
+        self.negatives: list[Tensor] = []
+
+    def add(self, target_scores: Tensor, example: Tensor, candidate_scores: Tensor) -> None:
+        """Targets ``[E]`` and their skipped candidates: ``candidate_scores[m]`` belongs to target
+        ``example[m]``."""
+        if target_scores.dim() != 1 or example.shape != candidate_scores.shape or example.dim() != 1:
+            raise ValueError(
+                f"expected target_scores [E] and example, candidate_scores [M], got {tuple(target_scores.shape)}, "
+                f"{tuple(example.shape)} and {tuple(candidate_scores.shape)}"
+            )
+        ranks, n = candidate_ranks(target_scores, example, candidate_scores)
+        has = n > 0
+        best, ties, n = ranks.best[has], ranks.ties[has], n[has].double()
+        if n.numel():
+            self.gauc_sum += float(((n - best + 1 - ties / 2) / n).sum())
+            self.ndcg_sum += float(ndcg(Ranks(best, ties), int(n.max()) + 1).sum())
+        self.n_examples += int(n.numel())
+        self.positives.append(target_scores.detach().double().cpu())
+        self.negatives.append(candidate_scores.detach().double().cpu())
+
+    def compute(self) -> dict[str, float | int]:
+        """``{"n_sine_examples": ..., "sine_AUC": ..., "sine_GAUC": ..., "sine_NDCG": ...}``."""
+        out: dict[str, float | int] = {"n_sine_examples": self.n_examples}
+        if self.n_examples:
+            out["sine_AUC"] = pooled_auc(torch.cat(self.positives), torch.cat(self.negatives))
+            out["sine_GAUC"] = self.gauc_sum / self.n_examples
+            out["sine_NDCG"] = self.ndcg_sum / self.n_examples
+        return out
+
+
 __all__ = [
     "DEFAULT_KS",
     "MetricAccumulator",
     "Ranks",
+    "SkipCandidateAccumulator",
+    "candidate_ranks",
     "hit_rate",
     "mrr",
     "ndcg",
+    "pooled_auc",
     "sampled_ranks",
     "target_ranks",
 ]

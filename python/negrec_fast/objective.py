@@ -20,6 +20,15 @@
     other but never an anchor (no play follows it, no output belongs to it). BERT4Rec reads
     ``items[:, 1:]`` (some plays masked) and output ``i`` is the context at play ``i + 1``;
     the window is ``items[:, 1:]``, the plays the model read, with their unmasked embeddings.
+
+WRMF (``loss.rec = "wrmf"``, model ``"wrmf"`` only) replaces the recommendation loss by its own
+objective (:meth:`negrec_fast.models.WRMF.objective`): every prefix of the window that ends in a
+kept play with a play before it is a user; it sums over the whole catalogue, so the sampled
+negatives, logQ, ``skipped_targets`` and ``skip_penalty`` do not apply. The skip-InfoNCE term is added as above.
+
+SINE (``model_name = "sine"``) has its own loss path instead (:meth:`Objective.sine_loss`,
+:mod:`negrec_fast.losses.sine`): it reads the kept plays, and ``(total, rec, nce)`` are
+``(rec + sine_dcor_weight * dcor, bpr + sine_skip_weight * passive, dcor)``.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from torch import Tensor
 
 from negrec_fast.config import LossConfig
 from negrec_fast.kernels.dispatch import rec_loss, skip_infonce
+from negrec_fast.losses.sine import interest_dcor, kept_plays, passed_over, sine_rank_loss
 from negrec_fast.losses.skip_penalty import session_skipped_items
 
 
@@ -53,12 +63,15 @@ class Objective:
         """``item_log_freq``: ``[V]`` log frequency of each item among training plays (for logQ)."""
         self.cfg = loss
         self.bidirectional = model_name == "bert4rec"
+        self.sine = model_name == "sine"
         self.mask_prob = mask_prob
         self.n_items = n_items
         self.item_log_freq = item_log_freq
 
     def __call__(self, model: torch.nn.Module, batch: BatchTensors, generator: torch.Generator | None = None):
         """Returns ``(total, rec, nce)``; ``nce`` is a zero tensor when the term is off."""
+        if self.sine:
+            return self.sine_loss(model, batch, generator)
         items, skips = batch.items, batch.skips
         if self.bidirectional:
             inputs, input_skips = items[:, 1:], skips[:, 1:]
@@ -76,21 +89,24 @@ class Objective:
             targets = targets.masked_fill(target_skips, 0)
         query = model.project(hidden)
         d = query.shape[-1]
-        row_negatives = None
-        if self.cfg.skip_penalty != "none":
-            skipped = session_skipped_items(items, skips)  # [B, L]: every prediction of a row shares them
-            row_negatives = skipped[:, None, :].expand(-1, targets.shape[1], -1).reshape(-1, skipped.shape[1])
-        rec = rec_loss(
-            self.cfg,
-            query.reshape(-1, d),
-            model.item_weight,
-            targets.reshape(-1),
-            batch.negatives,
-            batch.neg_logq,
-            n_items=self.n_items,
-            item_log_freq=self.item_log_freq,
-            row_negatives=row_negatives,
-        )
+        if self.cfg.rec == "wrmf":  # model "wrmf": its own objective, every prefix a user (module docstring)
+            rec = model.objective(items, skips)
+        else:
+            row_negatives = None
+            if self.cfg.skip_penalty != "none":
+                skipped = session_skipped_items(items, skips)  # [B, L]: every prediction of a row shares them
+                row_negatives = skipped[:, None, :].expand(-1, targets.shape[1], -1).reshape(-1, skipped.shape[1])
+            rec = rec_loss(
+                self.cfg,
+                query.reshape(-1, d),
+                model.item_weight,
+                targets.reshape(-1),
+                batch.negatives,
+                batch.neg_logq,
+                n_items=self.n_items,
+                item_log_freq=self.item_log_freq,
+                row_negatives=row_negatives,
+            )
         if self.cfg.nce_weight <= 0:
             return rec, rec, rec.new_zeros(())
         cfg = self.cfg
@@ -103,3 +119,17 @@ class Objective:
             anchors = torch.nn.functional.pad(query, (0, 0, 0, 1))
             nce = skip_infonce(anchors, items, skips, candidates=model.embed(items), **nce_args)
         return rec + self.cfg.nce_weight * nce, rec, nce
+
+    def sine_loss(self, model: torch.nn.Module, batch: BatchTensors, generator: torch.Generator | None = None):
+        """SINE's ``(total, rec, dcor)``: each prediction's random negative is one of the batch's
+        shared negatives, drawn uniformly with ``generator``."""
+        kept = kept_plays(batch.items, batch.skips)
+        inputs = kept[:, :-1]
+        targets = kept[:, 1:].masked_fill(inputs == 0, 0)
+        picks = torch.randint(len(batch.negatives), targets.shape, generator=generator, device=targets.device)
+        bpr, passive = sine_rank_loss(
+            model(inputs), model.item_weight, targets, batch.negatives[picks], *passed_over(batch.items, batch.skips)
+        )
+        rec = bpr + self.cfg.sine_skip_weight * passive
+        dcor = interest_dcor(model.interests)
+        return rec + self.cfg.sine_dcor_weight * dcor, rec, dcor

@@ -1,6 +1,12 @@
 """The training loop: :func:`train` fills a run folder (:mod:`negrec_fast.run_folder`) with
 per-epoch metrics and checkpoints. ``resume=RUN_DIR`` continues from ``last.pt``: on CPU with the
 same seed and ``train.threads=1`` a resumed run ends with the same metrics as an uninterrupted one.
+
+Under ``torchrun`` every process runs :func:`train` and each step's global batch is split
+across them (:mod:`negrec_fast.distributed`); rank 0 alone validates, tests, decides early
+stopping (for all ranks), runs the callbacks, shows progress and writes the run folder (its
+checkpoints hold the plain model, loadable in one process); on resume every rank reads
+``last.pt``.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import torch
 
 from negrec_fast.checkpoint import load_checkpoint, save_checkpoint
 from negrec_fast.config import Config, apply_overrides, load_config
+from negrec_fast.distributed import join, wrap
 from negrec_fast.errors import ConfigError
 from negrec_fast.evaluation import evaluate_model
 from negrec_fast.models import build_model_for
@@ -30,7 +37,6 @@ from negrec_fast.run_folder import (
     dataset_path,
     new_run_dir,
     recorded_dataset,
-    resolve_device,
     write_json,
     write_run_files,
 )
@@ -38,7 +44,7 @@ from negrec_fast.run_folder import (
 # Config keys a resumed run may change: they do not alter what was already trained.
 RESUME_OVERRIDES = frozenset(
     {"train.epochs", "train.max_steps", "train.patience", "train.progress", "train.checkpoint_every", "train.device",
-     "train.prefetch", "train.threads"}
+     "train.prefetch", "train.threads", "train.dist_backend"}
 )
 # Called after each epoch is logged with (its metrics.jsonl record, the best epoch so far:
 # {"epoch", "score", "metric", "valid"}); returning True ends training there, as early stopping
@@ -72,7 +78,7 @@ def train(
     config is the run folder's own; only the keys in ``RESUME_OVERRIDES`` (more epochs,
     another step limit, ...) may be overridden, and the dataset is the one recorded in
     ``dataset.json``, whatever the current directory. ``callbacks`` see each epoch
-    (:data:`EpochCallback`).
+    (:data:`EpochCallback`; under torchrun on rank 0, whose decision holds for every rank).
     """
     if resume is not None:
         if config is not None:
@@ -125,11 +131,12 @@ class Trainer:
             cfg.train.threads = torch.get_num_threads()
         # set even when unchanged: it also aligns the OpenMP and MKL pools, which may start apart
         torch.set_num_threads(cfg.train.threads)
-        self.device = resolve_device(cfg.train.device)
+        self.world, self.device = join(cfg.train)
+        self.main = self.world.is_main
         if run_dir is not None:  # resuming: the dataset the run started with
             self.dataset_dir = Path(recorded_dataset(run_dir)["path"])
-        else:
-            self.dataset_dir = dataset_path(cfg, progress=cfg.train.progress)
+        else:  # a synthetic dataset is built once per node
+            self.dataset_dir = self.world.local_first(lambda: dataset_path(cfg, progress=cfg.train.progress and self.main))
         self.dataset = load_dataset(self.dataset_dir)
         self._check_dataset(run_dir)
         self.loader = BatchLoader(
@@ -145,9 +152,11 @@ class Trainer:
             # skipped items can be negatives when they are never positives
             exclude="kept" if cfg.loss.skipped_targets == "ignore" else "all",
         )
-        self.run_dir = run_dir or new_run_dir(cfg)
+        self.run_dir = run_dir or Path(self.world.broadcast(str(new_run_dir(cfg)) if self.main else None))
         _seed_everything(cfg.train.seed)
         self.model = build_model_for(cfg, self.dataset.vocab_size).to(self.device)
+        if self.world.size > 1:  # the same initial model, then a dropout stream per rank
+            torch.manual_seed(cfg.train.seed + self.world.rank)
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
@@ -166,14 +175,23 @@ class Trainer:
         self._reset_epoch_sums()
         if resume_from is not None:
             self._restore(resume_from)
-        else:
+        elif self.main:
             write_run_files(self.run_dir, cfg, self.device, self.dataset_dir, self.dataset)
-        self.tensorboard = TensorBoardLogger(self.run_dir) if cfg.run.tensorboard else None
+        self.tensorboard = TensorBoardLogger(self.run_dir) if cfg.run.tensorboard and self.main else None
+        # under torchrun: the model and the objective as one DDP module; None in one process
+        self.ddp = None
+        if self.world.size > 1:
+            self.ddp = wrap(self.model, self.objective, self.mask_generator, self.world, self.device)
 
     def _check_dataset(self, run_dir: Path | None) -> None:
         """Config values that depend on the dataset, checked before any work; on resume,
         the dataset must be the one the run started with."""
         n_items = self.dataset.n_items
+        if self.cfg.train.batch_size < self.world.size:
+            raise ConfigError(
+                f"train.batch_size ({self.cfg.train.batch_size}) is the global batch: it must be at least "
+                f"the number of processes ({self.world.size})"
+            )
         if _samples_negatives(self.cfg) and self.cfg.loss.n_negatives >= n_items:
             raise ConfigError(
                 f"loss.n_negatives ({self.cfg.loss.n_negatives}) must be smaller than the catalogue "
@@ -191,12 +209,13 @@ class Trainer:
 
     # ---- checkpoints ------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
-        rng: dict[str, Any] = {
-            "torch": torch.get_rng_state(),
-            "mask": self.mask_generator.get_state(),
-        }
+        """The checkpoint; under torchrun, a collective (every rank's RNG state goes into it)."""
+        own = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+            own["cuda"] = torch.cuda.get_rng_state(self.device)
+        rng: dict[str, Any] = {**own, "mask": self.mask_generator.get_state()}
+        if self.world.size > 1:
+            rng["ranks"] = self.world.gather(own)
         return {
             "format": CHECKPOINT_FORMAT,
             "config": self.cfg.to_dict(),
@@ -220,10 +239,17 @@ class Trainer:
             raise ConfigError(f"checkpoint format {ckpt.get('format')} is not {CHECKPOINT_FORMAT}")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
         self.mask_generator.set_state(ckpt["rng"]["mask"])
-        if "cuda" in ckpt["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
+        # this rank's dropout stream; a rank the checkpoint has none for (resumed with more
+        # processes) starts a fresh one
+        ranks = ckpt["rng"].get("ranks", [ckpt["rng"]])
+        if self.world.rank < len(ranks):
+            own = ranks[self.world.rank]
+            torch.set_rng_state(own["torch"])
+            if "cuda" in own and self.device.type == "cuda":
+                torch.cuda.set_rng_state(own["cuda"], self.device)
+        else:
+            torch.manual_seed(self.cfg.train.seed + self.world.rank)
         p = ckpt["progress"]
         self.epoch, self.batch, self.step = p["epoch"], p["batch"], p["step"]
         self.bad_epochs, self.best, self.history = p["bad_epochs"], p["best"], p["history"]
@@ -236,11 +262,14 @@ class Trainer:
         self.epoch_sums = sums
         self.loss_sums = losses.to(self.device, torch.float64)
         # metrics.jsonl may hold an epoch logged after the checkpoint; rewrite it from history.
-        (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in self.history))
+        if self.main:
+            (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in self.history))
 
     def _save_last(self) -> None:
         self._mean_loss()  # never checkpoint a diverged run
-        save_checkpoint(self.run_dir / "last.pt", self._state())
+        state = self._state()
+        if self.main:
+            save_checkpoint(self.run_dir / "last.pt", state)
 
     # ---- the loop ---------------------------------------------------------------------
     def fit(self) -> RunResult:
@@ -249,6 +278,7 @@ class Trainer:
         finally:
             if self.tensorboard is not None:
                 self.tensorboard.close()
+            self.world.close()
 
     def _fit(self) -> RunResult:
         cfg = self.cfg.train
@@ -257,7 +287,8 @@ class Trainer:
         while self.epoch < cfg.epochs and not stopped:
             n_batches = len(self.loader)
             self.model.train()
-            with Progress(n_batches, "batch", f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not cfg.progress) as bar:
+            desc = f"epoch {self.epoch + 1}/{cfg.epochs}"
+            with Progress(n_batches, "batch", desc, disable=not (cfg.progress and self.main)) as bar:
                 bar.count = self.batch
                 tic = time.perf_counter()
                 for batch in _batches(self.loader, self.epoch, self.batch):
@@ -296,9 +327,12 @@ class Trainer:
         )
         autocast = dev.type == "cuda" and self.cfg.train.bf16
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
-            total, rec, nce = self.objective(self.model, tensors, self.mask_generator)
+            if self.ddp is None:
+                total, rec, nce = self.objective(self.model, tensors, self.mask_generator)
+            else:  # the global batch's losses; DDP averages the ranks' gradients (negrec_fast.distributed)
+                total, rec, nce = self.ddp(tensors.items, tensors.skips, tensors.negatives, tensors.neg_logq)
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        (total * self.world.size).backward()
         if self.cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.optimizer.step()
@@ -316,7 +350,8 @@ class Trainer:
         return loss
 
     def _end_epoch(self) -> bool:
-        """Validate, log, checkpoint; returns True when early stopping says stop."""
+        """Validate (rank 0), checkpoint, log; returns True when early stopping says stop (rank 0's
+        decisions hold on every rank)."""
         sums = self.epoch_sums
         n = max(sums["batches"], 1)
         self._mean_loss()  # raises on a non-finite loss
@@ -330,6 +365,19 @@ class Trainer:
             "seconds": sums["seconds"],
             "sequences_per_s": sums["sequences"] / sums["seconds"] if sums["seconds"] > 0 else None,
         }
+        improved = self._validate(record) if self.main else None
+        record, improved, self.best, self.bad_epochs = self.world.broadcast((record, improved, self.best, self.bad_epochs))
+        self.history.append(record)
+        self.epoch += 1
+        self.batch = 0
+        self._reset_epoch_sums()
+        # checkpoint first: a run killed before the log line is rewritten from history on resume
+        self._save_last()
+        return self.world.broadcast(self._log_epoch(record, improved) if self.main else None)
+
+    def _validate(self, record: dict[str, Any]) -> bool:
+        """Validation metrics into ``record``; updates the best epoch (and ``best.pt``) and the
+        count of epochs without improvement; returns whether the epoch improved."""
         valid = evaluate_model(self.model, self.dataset, "valid", self.cfg.eval, self.cfg.data.max_len, self.device)
         record["valid"] = valid
         metric = self.cfg.train.early_stopping_metric
@@ -357,18 +405,20 @@ class Trainer:
             )
         else:
             self.bad_epochs += 1
-        self.history.append(record)
-        self.epoch += 1
-        self.batch = 0
-        self._reset_epoch_sums()
-        # checkpoint first: a run killed before the log line is rewritten from history on resume
-        self._save_last()
+        return improved
+
+    def _log_epoch(self, record: dict[str, Any], improved: bool) -> bool:
+        """The epoch's line in metrics.jsonl, on stderr and in TensorBoard; the callbacks; returns
+        True when they or the patience say stop."""
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
+        valid = record["valid"]
+        metric = self.cfg.train.early_stopping_metric
         if self.cfg.train.progress:
             print(
                 f"epoch {record['epoch']}: loss {record['train_loss']:.4f} (rec {record['rec_loss']:.4f}, "
-                f"nce {record['nce_loss']:.4f}) | valid {metric} {score:.4f}, HR@10 {valid.get('HR@10', float('nan')):.4f}, "
+                f"nce {record['nce_loss']:.4f}) | valid {metric} {valid.get(metric, float('nan')):.4f}, "
+                f"HR@10 {valid.get('HR@10', float('nan')):.4f}, "
                 f"skip_MRR@10 {valid.get('skip_MRR@10', float('nan')):.4f} | {record['seconds']:.1f}s"
                 + (" *" if improved else ""),
                 file=sys.stderr,
@@ -381,6 +431,10 @@ class Trainer:
         return any(stop) or bool(patience and self.bad_epochs >= patience)
 
     def _final_test(self) -> dict[str, float]:
+        """Test metrics of the best checkpoint (evaluated by rank 0, returned on every rank)."""
+        return self.world.broadcast(self._test() if self.main else None)
+
+    def _test(self) -> dict[str, float]:
         best = load_checkpoint(self.run_dir / "best.pt", map_location=self.device)
         self.model.load_state_dict(best["model"])
         test = evaluate_model(self.model, self.dataset, "test", self.cfg.eval, self.cfg.data.max_len, self.device)

@@ -107,6 +107,17 @@ def rec_loss(
             query / cfg.temperature, item_weight, targets, negatives, n_items=n_items, t=cfg.gbce_t, reduction=reduction
         )
         return _skip_penalty(cfg, penalty, per_row, query, item_weight, targets, row_negatives, None)
+    if cfg.rec == "bpr":  # both penalties make the skipped items extra negatives of the row, as for BCE
+        return losses.bpr_loss(
+            query / cfg.temperature,
+            item_weight,
+            targets,
+            negatives,
+            row_negatives=None if penalty == "none" else row_negatives,
+            row_weight=cfg.skip_weight,
+        )
+    if cfg.rec == "wrmf":
+        raise ConfigError("loss.rec 'wrmf' is the objective of model 'wrmf' (WRMF.objective), not a loss of queries")
     raise ConfigError(f"loss.rec {cfg.rec!r} is not a known loss")
 
 
