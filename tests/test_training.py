@@ -213,12 +213,13 @@ def test_cli_reports_errors_cleanly(tmp_path, capsys):
     assert "train.epochs must be > 0, got -1" in capsys.readouterr().err
 
 
-def test_full_softmax_samples_no_negatives_whatever_the_catalogue(dataset_dir, tmp_path):
+@pytest.mark.parametrize("whole_catalogue", [["loss.rec=full_softmax"], ["model.name=wrmf"]])
+def test_whole_catalogue_losses_sample_no_negatives_whatever_the_catalogue(dataset_dir, tmp_path, whole_catalogue):
     from negrec_fast.training import Trainer
 
     n_items = load_dataset(dataset_dir).n_items
-    overrides = [o for o in tiny(dataset_dir, tmp_path / "full") if not o.startswith("loss.n_negatives")]
-    cfg = load_config(overrides=[*overrides, "loss.rec=full_softmax", "train.epochs=1"])
+    overrides = [o for o in tiny(dataset_dir, tmp_path / "full") if not o.startswith(("loss.n_negatives", "model.name"))]
+    cfg = load_config(overrides=[*overrides, *whole_catalogue, "train.epochs=1"])
     assert cfg.loss.n_negatives >= n_items  # the default is larger than this catalogue
     trainer = Trainer(cfg)
     assert trainer.loader.n_negatives == 0

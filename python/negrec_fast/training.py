@@ -455,9 +455,9 @@ class Trainer:
 
 
 def _samples_negatives(cfg: Config) -> bool:
-    """Whether the main loss uses the loader's K shared sampled negatives (full_softmax scores
-    the whole catalogue, so the loader samples none)."""
-    return cfg.loss.rec != "full_softmax"
+    """Whether the main loss uses the loader's K shared sampled negatives (full_softmax and WRMF's
+    objective cover the whole catalogue, so the loader samples none)."""
+    return cfg.loss.rec not in ("full_softmax", "wrmf")
 
 
 def _batches(loader, epoch: int, start: int):
