@@ -5,6 +5,8 @@ popularity ranking (with the skip-InfoNCE term on), and the toolkit around a tra
 
 from __future__ import annotations
 
+import importlib.util
+
 import json
 import math
 import warnings
@@ -328,6 +330,8 @@ def test_exported_queries_read_the_skip_flags_and_match_eager(dataset_dir, tmp_p
         eager = rec.model.next_query(x, flags)
         assert (eager - rec.model.next_query(x)).abs().max() > 1e-3  # the flags matter
     for format in formats:
+        if format == "onnx" and any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxscript", "onnxruntime")):
+            continue  # the optional [export] extra is not installed here
         out = export(run, tmp_path / f"out-{format}", format=format)
         assert json.loads((out / "export.json").read_text())["skips_input"]["name"] == "skips"
         if format == "export":
@@ -337,7 +341,8 @@ def test_exported_queries_read_the_skip_flags_and_match_eager(dataset_dir, tmp_p
                 warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated in recent torch
                 got = torch.jit.load(str(out / "query.ts"))(x, flags)
         else:
-            ort = pytest.importorskip("onnxruntime")
+            import onnxruntime as ort
+
             session = ort.InferenceSession(str(out / "query.onnx"), providers=["CPUExecutionProvider"])
             got = torch.from_numpy(session.run(["query"], {"items": x.numpy(), "skips": flags.numpy()})[0])
         assert (got - eager).abs().max().item() <= 1e-5, format

@@ -146,7 +146,6 @@ def export(
 
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
-    _check_installed(format)
     out = Path(output)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out}: the export folder exists and is not empty")
@@ -158,6 +157,7 @@ def export(
             f"{run_dir}: model 'wrmf' cannot be exported to ONNX (its fold-in needs a Cholesky factorisation, "
             "which ONNX lacks); use --format export or torchscript"
         )
+    _check_installed(format)
     model, max_len = rec.model, rec.config.data.max_len
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
