@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -35,3 +36,13 @@ def mssd_sample(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def lfm1k_sample(shared_data: Path) -> Path:
     return shared_data / "lastfm_1k" / "userid-timestamp-artid-artname-traid-traname.head5000.tsv"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny tensors (more only add contention on a busy machine);
+    use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

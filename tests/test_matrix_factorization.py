@@ -34,14 +34,7 @@ from negrec_fast.training import train
 V, D = 14, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def session_batch():
     """Left-padded rows with a repeated kept item, a kept-then-skipped item, a row whose plays

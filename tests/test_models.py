@@ -12,14 +12,7 @@ V, MAX_LEN, D = 30, 8, 16
 NAMES = ["sasrec", "bert4rec", "gru4rec"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def make(name: str, **options):
     torch.manual_seed(0)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from negrec_fast.losses._reduce import reduce_rows
+from negrec_fast.losses.skip_penalty import row_negative_logits
 
 
 def bpr_loss(
@@ -34,7 +35,7 @@ def bpr_loss(
     Args:
         query: ``[N, d]``; item_weight: ``[V, d]``; targets: ``[N]`` (``ignore_index`` = padding).
         negatives: ``[K]`` ids shared by all rows.
-        row_negatives: ``[N, M]`` extra ids per row (``ignore_index`` = none), each weighing ``row_weight``.
+        row_negatives: ``[N, M]`` extra ids per row (0 = none), each weighing ``row_weight``.
         reduction: ``"mean"`` over valid rows, ``"sum"``, or ``"none"`` (``[N]``, 0 on padding).
     """
     if negatives.dim() != 1:
@@ -50,8 +51,8 @@ def bpr_loss(
     total = torch.where(use, terms, 0.0).sum(dim=1)
     count = use.sum(dim=1).float()
     if row_negatives is not None:
-        row_use = (row_negatives != targets[:, None]) & (row_negatives != ignore_index)
-        row_scores = torch.einsum("nd,nmd->nm", q, item_weight[row_negatives].float())
+        row_scores = row_negative_logits(q, item_weight, targets, row_negatives)  # -inf: id 0 or the target
+        row_use = ~torch.isneginf(row_scores)
         total = total + row_weight * torch.where(row_use, F.softplus(row_scores - positive[:, None]), 0.0).sum(dim=1)
         count = count + row_weight * row_use.sum(dim=1)
     per_row = torch.where(valid & (count > 0), total / count.clamp(min=1e-12), 0.0)
