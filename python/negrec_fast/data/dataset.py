@@ -43,9 +43,16 @@ def _column(table: pa.Table, name: str) -> pa.Array:
     return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
+_FLOATS = {"halffloat": np.float16, "float": np.float32, "double": np.float64}
+
+
 def _numpy(array: pa.Array) -> np.ndarray:
-    """Zero-copy, read-only numpy view of a primitive Arrow array (no nulls)."""
-    return array.to_numpy(zero_copy_only=True)
+    """Zero-copy, read-only numpy view of a primitive Arrow array (no nulls). Built from the
+    data buffer: ``Array.to_numpy`` would also import pandas, if installed (0.1-0.3 s)."""
+    if array.null_count or pa.types.is_boolean(array.type):
+        return array.to_numpy(zero_copy_only=True)  # raises: not a plain primitive buffer
+    dtype = np.dtype(_FLOATS.get(str(array.type), str(array.type)))
+    return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
 
 
 class SessionDataset:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from negrec_fast._core import InputError
 
@@ -57,6 +56,8 @@ class Converted:
 
 def _check_line_breaks(batch: pa.RecordBatch, converted: Converted, first_row: int) -> None:
     """A line break inside a value would shift the CSV lines off the Parquet rows: refuse it."""
+    import pyarrow.compute as pc  # here: its import costs a CSV-only `prepare` command 0.1 s
+
     for i, column in enumerate(batch.columns):
         if pa.types.is_dictionary(column.type):
             column = column.dictionary_decode()

@@ -59,10 +59,19 @@ def _strings(data: np.ndarray, offsets: np.ndarray) -> pa.LargeStringArray:
     return pa.LargeStringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets), pa.py_buffer(data))
 
 
+def _numeric(values: np.ndarray) -> pa.Array:
+    """A primitive Arrow array over a numpy array's buffer, without a copy (``pa.array`` would
+    also import pandas, if installed, to test for a Series: 0.1-0.3 s of a command's time)."""
+    values = np.ascontiguousarray(values)
+    if values.dtype == np.bool_:  # Arrow booleans are bits
+        values = values.view(np.uint8)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
+
+
 def _list(offsets: np.ndarray, values: np.ndarray) -> pa.ListArray:
     if offsets[-1] > np.iinfo(np.int32).max:
         raise ValueError(f"{offsets[-1]} plays exceed the 2^31-1 limit of Arrow list<...> columns")
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))
+    return pa.ListArray.from_arrays(_numeric(offsets.astype(np.int32)), _numeric(values))
 
 
 def _write(path: Path, batch: pa.RecordBatch) -> None:
@@ -308,9 +317,9 @@ def _write_folder(
     if raw["timestamps"] is not None:
         columns["timestamps"] = _list(offsets, raw["timestamps"])
     for name in ("train_end", "valid_target", "test_target"):
-        columns[name] = pa.array(raw[name])
+        columns[name] = _numeric(raw[name])
     _write(folder / SESSIONS_FILE, pa.RecordBatch.from_pydict(columns))
-    vocab = {"item": _strings(raw["vocab_data"], raw["vocab_offsets"]), "count": pa.array(raw["counts"])}
+    vocab = {"item": _strings(raw["vocab_data"], raw["vocab_offsets"]), "count": _numeric(raw["counts"])}
     _write(folder / VOCAB_FILE, pa.RecordBatch.from_pydict(vocab))
 
     skips = raw["skips"]
