@@ -76,7 +76,8 @@ def test_round_trip_through_toml(tmp_path):
         (["train.epochs=0"], "train.epochs must be > 0, got 0"),
         (["model.dropout=1.0"], "model.dropout must be in [0, 1), got 1.0"),
         (["model.n_heads=3"], "model.d_model (128) must be divisible by model.n_heads (3)"),
-        (["model.name=gpt"], "model.name must be one of 'sasrec', 'bert4rec', 'gru4rec', 'sine', 'bpr', 'wrmf', got 'gpt'"),
+        (["model.name=gpt"], "model.name must be one of 'sasrec', 'bert4rec', 'gru4rec', 'sine', 'pnfrec', 'bpr', 'wrmf', "
+         "got 'gpt'"),
         (["loss.backend=cuda"], "loss.backend must be one of 'auto', 'triton', 'torch', got 'cuda'"),
         (["loss.nce_normalize=all"], "loss.nce_normalize must be one of 'kept', 'anchors', got 'all'"),
         (["train.early_stopping_metric=NDCG@7"], "train.early_stopping_metric must be HR@K, NDCG@K or MRR@K"),

@@ -17,6 +17,7 @@ from negrec_fast.kernels.sampled_softmax import (
     sampled_softmax,
 )
 from negrec_fast.losses import sampled_softmax_loss
+from negrec_fast.losses._rows import mark_sparse_rows
 
 INTERPRETED = kernels_interpreted(_fwd_kernel)
 interpreter = interpreter_cases(INTERPRETED)
@@ -105,6 +106,21 @@ def test_matches_loops(logq):
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
     for g, w in zip(torch.autograd.grad(got, (query, weight)), torch.autograd.grad(want, (loop_q, loop_w))):
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-10)
+
+
+@interpreter
+def test_sparse_rows_table_gets_the_same_gradient_as_sparse_rows():
+    """A table marked for sparse row gradients (``train.optimizer = "sparse_adam"``): the same
+    loss and query gradient, and a sparse COO table gradient equal to the dense one."""
+    query, weight, targets, negatives, neg_logq, target_logq = make_batch(13, 11, 20, 40, torch.float32)
+    kwargs = dict(neg_logq=neg_logq, target_logq=target_logq, temperature=0.7)
+    want = loss_and_grads(fused_sampled_softmax_loss, query, weight, targets, negatives, **kwargs)
+    mark_sparse_rows(weight)
+    got = loss_and_grads(fused_sampled_softmax_loss, query, weight, targets, negatives, **kwargs)
+    assert got[2].is_sparse and not want[2].is_sparse
+    assert set(got[2].coalesce().indices()[0].tolist()) <= set(torch.cat([targets, negatives]).tolist())
+    for name, g, w in zip(("loss", "grad query", "grad item_weight"), got, want):
+        torch.testing.assert_close(g.to_dense(), w, **tight(), msg=lambda m, name=name: f"{name}: {m}")
 
 
 @interpreter
@@ -219,7 +235,7 @@ def test_bad_arguments_are_rejected_with_clear_messages():
 
 @pytest.mark.skipif(INTERPRETED, reason="already running under the interpreter")
 def test_cpu_tests_in_interpreter_subprocess():
-    run_in_interpreter(__file__, min_passed=21)
+    run_in_interpreter(__file__, min_passed=22)
 
 
 # ---------------------------------------------------------------- GPU (realistic shapes)

@@ -265,3 +265,70 @@ def test_resume_from_a_checkpoint_with_float_loss_sums(dataset_dir, tmp_path):
     save_checkpoint(part.run_dir / "last.pt", ckpt)
     resumed = train(resume=part.run_dir, overrides=["train.max_steps=0"])
     assert comparable(resumed.history) == comparable(full.history)
+
+
+def test_validation_within_epochs_leaves_training_unchanged(dataset_dir, tmp_path):
+    plain = train(overrides=tiny(dataset_dir, tmp_path / "plain", ONE_THREAD))
+    every = train(overrides=tiny(dataset_dir, tmp_path / "every", ONE_THREAD, "train.eval_every=4"))
+    n_batches = plain.history[0]["step"]
+    records = [json.loads(line) for line in (every.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records == every.history
+    expected = [(e, b) for e in (1, 2) for b in [*range(4, n_batches, 4), None]]
+    assert [(r["epoch"], r.get("batch")) for r in records] == expected
+    for r in records:
+        if "batch" in r:
+            assert r["step"] == (r["epoch"] - 1) * n_batches + r["batch"]
+            assert r["epoch_progress"] == pytest.approx(r["batch"] / n_batches)
+    # validating consumes no randomness and changes no weights: the epoch ends are the plain run's
+    ends = [r for r in records if "batch" not in r]
+    assert comparable(ends) == comparable(plain.history)
+    best_score = max(r["valid"]["NDCG@10"] for r in records)
+    assert every.best_valid["NDCG@10"] == best_score
+    best = load_checkpoint(every.run_dir / "best.pt")
+    assert (best["epoch"], best["batch"]) == (every.best_epoch, every.best_batch)
+
+
+def test_early_stop_within_an_epoch_tests_that_model_and_stays_stopped(dataset_dir, tmp_path):
+    seen = []
+
+    def stop_at_first(record, best):
+        seen.append(record)
+        return True
+
+    run = tmp_path / "stop"
+    result = train(overrides=tiny(dataset_dir, run, ONE_THREAD, "train.eval_every=3"), callbacks=[stop_at_first])
+    assert [(r["epoch"], r["batch"]) for r in seen] == [(1, 3)]
+    assert (result.best_epoch, result.best_batch) == (1, 3) and result.completed
+    saved = json.loads((run / "test_metrics.json").read_text())
+    assert (saved["best_epoch"], saved["best_batch"]) == (1, 3)
+    # the model tested is the one validated at batch 3: evaluating best.pt on valid gives its record
+    best = load_checkpoint(run / "best.pt")
+    assert best["valid"] == seen[0]["valid"]
+    assert load_checkpoint(run / "last.pt")["progress"]["batch"] == 3
+    again = train(resume=run)  # patience is 0: only the callback stopped it, so training goes on
+    assert again.history[0] == seen[0] and len(again.history) > 1
+
+
+def test_resume_across_validations_within_an_epoch(dataset_dir, tmp_path):
+    extra = (ONE_THREAD, "train.eval_every=3", "train.patience=2", "train.epochs=3")
+    full = train(overrides=tiny(dataset_dir, tmp_path / "full", *extra))
+    part = train(overrides=tiny(dataset_dir, tmp_path / "part", *extra, "train.max_steps=6"))
+    resumed = train(resume=part.run_dir)
+    while not resumed.completed:
+        resumed = train(resume=part.run_dir)
+    assert comparable(resumed.history) == comparable(full.history)
+    assert (resumed.best_epoch, resumed.best_batch, resumed.test) == (full.best_epoch, full.best_batch, full.test)
+
+
+def test_patience_counts_epochs_of_steps_since_the_best_validation(dataset_dir, tmp_path):
+    # lr 0.05 overfits the tiny log within a few epochs, so early stopping ends the run
+    result = train(overrides=tiny(dataset_dir, tmp_path / "p", "train.eval_every=3", "train.patience=1",
+                                  "train.epochs=30", "train.lr=0.05"))
+    n_batches = next(r["step"] for r in result.history if "batch" not in r)
+    assert result.history[-1]["epoch"] < 30, "early stopping never triggered"
+    best_step, gaps = None, []
+    for r in result.history:  # replay the rule from the records: NDCG@10 higher is better
+        if best_step is None or r["valid"]["NDCG@10"] > best_score:
+            best_step, best_score = r["step"], r["valid"]["NDCG@10"]
+        gaps.append(r["step"] - best_step)
+    assert gaps[-1] >= n_batches and all(g < n_batches for g in gaps[:-1])

@@ -1,4 +1,4 @@
-"""The ``negrec-fast`` command line: prepare, generate, train, tune, evaluate, recommend, export, report."""
+"""The ``negrec-fast`` command line: prepare, generate, train, tune, experiment, evaluate, recommend, export, report."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"stopped after train.max_steps; continue with: negrec-fast train --resume {result.run_dir}")
         return 0
     print(f"run folder: {result.run_dir}")
-    print(f"best epoch: {result.best_epoch}")
+    print(f"best epoch: {result.best_epoch}" + (f" (batch {result.best_batch})" if result.best_batch else ""))
     print("test metrics:")
     print(format_table(result.test or {}))
     return 0
@@ -38,6 +38,35 @@ def _tune(args: argparse.Namespace) -> int:
     print(f"study folder: {result.study_dir} (study.csv, summary.md, trial-NNNN/)")
     if result.best_config is not None:
         print(f"best config: {result.best_config} (negrec-fast train --config {result.best_config})")
+    return 0
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    from negrec_fast.experiment import default_out, load_grid, plan, run_experiment
+
+    grid = load_grid(args.grid)
+    options = {"config": args.config, "data": args.data, "overrides": args.overrides, "seeds": args.seeds}
+    if args.dry_run:
+        out = args.out or default_out(grid, config=args.config, overrides=args.overrides)
+        runs = plan(grid, out, **options)
+        for run in runs:
+            print(f"{run.label} seed {run.seed}: {run.run_dir} ({run.state})")
+        print(f"{len(runs)} runs ({len({r.cell for r in runs})} cells x {len({r.seed for r in runs})} seeds); nothing trained")
+        return 0
+    result = run_experiment(grid, args.out, plots=args.plots, **options)
+    if result.written:
+        print((result.out_dir / "results.md").read_text())
+        print("wrote " + ", ".join(str(p) for p in result.written))
+    finished = len(result.finished)
+    print(
+        f"{finished} of {len(result.runs)} runs finished ({len(result.trained)} trained and {len(result.resumed)} "
+        f"resumed now) in {result.out_dir}"
+    )
+    if result.failed:
+        print("failed runs:\n" + "\n".join(f"  {name}: {err}" for name, err in result.failed.items()), file=sys.stderr)
+        return 1
+    if finished < len(result.runs):
+        print("continue with the same command", file=sys.stderr)
     return 0
 
 
@@ -177,6 +206,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-warmup", type=int, default=0, metavar="EPOCHS", help="epochs of a trial never pruned")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="overrides of the base config")
     p.set_defaults(func=_tune)
+
+    p = sub.add_parser(
+        "experiment", help="a grid of runs (e.g. models x settings) over seeds, resumable, with a results table",
+        epilog='grid TOML: [grid] "model.name" = ["sasrec", "bpr"] (axes; the runs are their product x seeds), '
+               'optional [fixed] overrides, [when."model.name=bpr"] overrides for matching cells, seeds = 3, '
+               'base = "loss.nce_weight=0". The same command continues an interrupted experiment.',
+    )
+    p.add_argument(
+        "--grid", required=True,
+        help="a built-in grid (paper-b: sasrec, bert4rec, bpr, wrmf x loss.nce_weight 0 and default) or a TOML file",
+    )
+    p.add_argument("--data", help="processed dataset folder (or 'synthetic') of every run: sets data.path")
+    p.add_argument("--seeds", type=_positive_int, help="runs per cell, train.seed = 0..N-1 (default: the grid's, else 3)")
+    p.add_argument("--out", help="experiment folder: runs/, results.csv, results.md, plots (default: run.dir/GRID)")
+    p.add_argument("--config", help="base TOML config of every run")
+    p.add_argument(
+        "--set", dest="overrides", action="extend", nargs="+", default=[], metavar="section.key=value",
+        help="overrides of every run, e.g. --set train.epochs=20 train.progress=false",
+    )
+    p.add_argument("--no-plots", dest="plots", action="store_false", help="tables only (no matplotlib needed)")
+    p.add_argument("--dry-run", action="store_true", help="check the grid and list its runs; train nothing")
+    p.set_defaults(func=_experiment)
 
     p = sub.add_parser("evaluate", help="evaluate a run's checkpoint and print a metrics table")
     p.add_argument("run_dir")

@@ -24,6 +24,9 @@ else:  # pragma: no cover
 SINE_METRICS = ("sine_AUC", "sine_GAUC", "sine_NDCG")  # eval.sine_metrics (negrec_fast.metrics)
 # loss.rec of the matrix-factorisation baselines when the config does not give one
 MODEL_LOSSES = {"bpr": "bpr", "wrmf": "wrmf"}
+# [loss] keys whose default depends on model.name, applied when the config does not give them:
+# PNFRec's objective is the paper's (its contrastive term instead of the skip penalty and InfoNCE)
+MODEL_LOSS_DEFAULTS: dict[str, dict[str, Any]] = {"pnfrec": {"skip_penalty": "none", "nce_weight": 0.0}}
 
 
 @dataclass
@@ -48,6 +51,9 @@ class ModelConfig:
     mask_prob: float = 0.2  # BERT4Rec masking probability
     skip_inputs: bool = False  # add a learned skip-flag embedding to each input play
     sine_interests: int = 2  # SINE: number K of sub-interest embeddings (>= 2)
+    # PNFRec: how the query reads the two encoders: "none" (the paper: the kept-play encoder only)
+    # or "gate" (plus a gated projection of the skipped-play encoder's state)
+    pnfrec_fusion: str = "none"
     # WRMF (model.name = "wrmf"): extra confidence of an observed (kept) item and the L2 weight (> 0)
     wrmf_alpha: float = 10.0
     wrmf_l2: float = 1.0
@@ -81,6 +87,11 @@ class LossConfig:
     # against the plays skipped before each target + sine_dcor_weight * interest distance correlation
     sine_skip_weight: float = 1.0
     sine_dcor_weight: float = 1.0
+    # PNFRec (negrec_fast.models.pnfrec): alpha of the skipped-play encoder's CE (next skipped play)
+    # and beta of its contrastive term (next kept item vs the window's skipped plays); the
+    # authors' ML-1M settings. For model "pnfrec", skip_penalty and nce_weight default to "none" and 0
+    pnfrec_neg_weight: float = 0.45
+    pnfrec_contrastive_weight: float = 0.25
 
 
 @dataclass
@@ -89,6 +100,10 @@ class TrainConfig:
     batch_size: int = 64  # sequences per optimizer step, over all processes under torchrun
     lr: float = 1e-3
     weight_decay: float = 0.0
+    # "adam": torch Adam on every parameter (dense item-table gradient and update, cost ~ catalogue);
+    # "sparse_adam": the item table gets sparse row gradients and lazy row-wise Adam (only the rows a
+    # step reads move; the others' moments are not decayed), the rest Adam (negrec_fast.optim)
+    optimizer: str = "adam"
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
@@ -98,7 +113,12 @@ class TrainConfig:
     # HR@10 so far (a kept epoch that falls below it is replaced), so a model whose HR@10 collapsed
     # cannot win by ranking everything low; 0 disables the guard
     early_stopping_guard: float = 0.9
-    patience: int = 5  # epochs without improvement before stopping; 0 disables
+    # stop once this many epochs' worth of optimizer steps passed since the best validation
+    # (with validation at epoch ends only: epochs without improvement); 0 disables
+    patience: int = 5
+    # also validate (and keep the best checkpoint, count patience) every N batches within an
+    # epoch; 0 = at epoch ends only. For large datasets whose first epoch already converges
+    eval_every: int = 0
     checkpoint_every: int = 0  # also save `last.pt` every N batches mid-epoch; 0 = per epoch only
     max_steps: int = 0  # stop (resumably) after N optimizer steps in this invocation; 0 = no limit
     prefetch: int = 4
@@ -155,13 +175,16 @@ class Config:
                 _set(section, f"{section_name}.{key}", key, value)
         if "rec" not in raw.get("loss", {}):
             config.loss.rec = MODEL_LOSSES.get(config.model.name, config.loss.rec)
+        for key, value in MODEL_LOSS_DEFAULTS.get(config.model.name, {}).items():
+            if key not in raw.get("loss", {}):
+                setattr(config.loss, key, value)
         config.validate()
         return config
 
     def validate(self) -> None:
         """Check values that types alone cannot: ranges, choices, compatibility."""
         _choice("data.windows", self.data.windows, ("all", "last"))
-        _choice("model.name", self.model.name, ("sasrec", "bert4rec", "gru4rec", "sine", "bpr", "wrmf"))
+        _choice("model.name", self.model.name, ("sasrec", "bert4rec", "gru4rec", "sine", "pnfrec", "bpr", "wrmf"))
         _choice("loss.rec", self.loss.rec, ("sampled_softmax", "full_softmax", "bce", "gbce", "bpr", "wrmf"))
         _choice("loss.skipped_targets", self.loss.skipped_targets, ("ignore", "include"))
         _choice("loss.sampling", self.loss.sampling, ("uniform", "popularity"))
@@ -171,6 +194,13 @@ class Config:
         _choice("loss.nce_normalize", self.loss.nce_normalize, ("kept", "anchors"))
         _choice("loss.backend", self.loss.backend, ("auto", "triton", "torch"))
         _choice("train.dist_backend", self.train.dist_backend, ("auto", "nccl", "gloo"))
+        _choice("train.optimizer", self.train.optimizer, ("adam", "sparse_adam"))
+        if self.train.optimizer == "sparse_adam" and self.loss.rec in ("full_softmax", "wrmf"):
+            raise ConfigError(
+                "train.optimizer='sparse_adam' needs a loss that reads a few rows of the item table per step; "
+                f"loss.rec={self.loss.rec!r} scores every item, so its gradient is dense (nothing to gain): "
+                "use train.optimizer='adam', or loss.rec='sampled_softmax', 'bce', 'gbce' or 'bpr'"
+            )
         _positive("data.max_len", self.data.max_len)
         _positive("data.synthetic_sessions", self.data.synthetic_sessions)
         _positive("data.synthetic_items", self.data.synthetic_items)
@@ -191,7 +221,7 @@ class Config:
         _positive("train.epochs", self.train.epochs)
         _positive("train.batch_size", self.train.batch_size)
         _positive("train.lr", self.train.lr)
-        for key in ("weight_decay", "grad_clip", "patience", "checkpoint_every", "max_steps", "threads"):
+        for key in ("weight_decay", "grad_clip", "patience", "checkpoint_every", "eval_every", "max_steps", "threads"):
             _non_negative(f"train.{key}", getattr(self.train, key))
         if not 1 <= self.train.prefetch <= 64:
             raise ConfigError(f"train.prefetch must be in [1, 64], got {self.train.prefetch}")
@@ -212,6 +242,7 @@ class Config:
                 f"{', '.join(SINE_METRICS)}); got {self.train.early_stopping_metric!r}"
             )
         self._validate_sine()
+        self._validate_pnfrec()
         self._validate_matrix_factorization()
         _seed("train.seed", self.train.seed)
         _seed("data.synthetic_seed", self.data.synthetic_seed)
@@ -233,6 +264,29 @@ class Config:
             raise ConfigError(
                 "model.name = 'sine' trains with its own loss (loss.sine_*) on the loader's sampled negatives: "
                 f"loss.rec does not apply, leave it 'sampled_softmax'; got {self.loss.rec!r}"
+            )
+
+    def _validate_pnfrec(self) -> None:
+        """PNFRec's options, and the general ones that contradict its model or loss."""
+        _choice("model.pnfrec_fusion", self.model.pnfrec_fusion, ("none", "gate"))
+        _non_negative("loss.pnfrec_neg_weight", self.loss.pnfrec_neg_weight)
+        _non_negative("loss.pnfrec_contrastive_weight", self.loss.pnfrec_contrastive_weight)
+        if self.model.name != "pnfrec":
+            return
+        if self.model.skip_inputs:
+            raise ConfigError(
+                "model.skip_inputs does not apply to model.name = 'pnfrec': it reads kept and skipped plays "
+                "with separate encoders"
+            )
+        if self.loss.skipped_targets != "ignore":
+            raise ConfigError(
+                "model.name = 'pnfrec' predicts the next kept play from the kept-play encoder (skipped plays are "
+                "the targets of loss.pnfrec_neg_weight's term): loss.skipped_targets must be 'ignore'"
+            )
+        if self.loss.pnfrec_neg_weight == 0 and self.model.pnfrec_fusion == "none":
+            raise ConfigError(
+                "loss.pnfrec_neg_weight = 0 with model.pnfrec_fusion = 'none' leaves the skipped-play encoder "
+                "untrained and unread: set loss.pnfrec_neg_weight > 0 or model.pnfrec_fusion = 'gate'"
             )
 
     def _validate_matrix_factorization(self) -> None:

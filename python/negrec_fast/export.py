@@ -150,8 +150,10 @@ def export(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out}: the export folder exists and is not empty")
     rec = Recommender.load(run_dir, checkpoint=checkpoint, device="cpu")
-    if rec.config.model.name == "sine":  # its graph would need the skip flags to drop skipped plays
-        raise ConfigError(f"{run_dir}: export is not supported for model 'sine'; use recommend or the run folder")
+    if rec.config.model.name in ("sine", "pnfrec"):  # their graphs would need the skip flags to split the plays
+        raise ConfigError(
+            f"{run_dir}: export is not supported for model {rec.config.model.name!r}; use recommend or the run folder"
+        )
     if rec.config.model.name == "wrmf" and format == "onnx":
         raise ConfigError(
             f"{run_dir}: model 'wrmf' cannot be exported to ONNX (its fold-in needs a Cholesky factorisation, "

@@ -26,6 +26,16 @@ objective (:meth:`negrec_fast.models.WRMF.objective`): every prefix of the windo
 kept play with a play before it is a user; it sums over the whole catalogue, so the sampled
 negatives, logQ, ``skipped_targets`` and ``skip_penalty`` do not apply. The skip-InfoNCE term is added as above.
 
+PNFRec (``model_name = "pnfrec"``, :mod:`negrec_fast.models.pnfrec`) adds two terms to the above:
+``model.encode`` gives each column the positive and the negative encoder's state, ``model.project``
+fuses them into the query of the main loss (the paper's positive CE). With ``cfg.pnfrec_neg_weight``
+(alpha): the main loss (``loss.rec``, its logQ on the training frequencies, no skip penalty) of the
+negative encoder's query ``model.project([h-; 0])`` at each skipped input play against the next
+skipped play of the window (:func:`negrec_fast.losses.pnfrec.next_skipped`). With
+``cfg.pnfrec_contrastive_weight`` (beta): :func:`negrec_fast.losses.pnfrec.pnfrec_contrastive` of the
+query against the window's skipped plays. ``(total, rec, nce)`` are ``(rec + nce, L_rec + alpha *
+L_neg, beta * L_contrastive + lambda * L_nce)``.
+
 SINE (``model_name = "sine"``) has its own loss path instead (:meth:`Objective.sine_loss`,
 :mod:`negrec_fast.losses.sine`): it reads the kept plays, and ``(total, rec, nce)`` are
 ``(rec + sine_dcor_weight * dcor, bpr + sine_skip_weight * passive, dcor)``.
@@ -40,6 +50,7 @@ from torch import Tensor
 
 from negrec_fast.config import LossConfig
 from negrec_fast.kernels.dispatch import rec_loss, skip_infonce
+from negrec_fast.losses.pnfrec import next_skipped, pnfrec_contrastive
 from negrec_fast.losses.sine import interest_dcor, kept_plays, passed_over, sine_rank_loss
 from negrec_fast.losses.skip_penalty import session_skipped_items
 
@@ -64,6 +75,7 @@ class Objective:
         self.cfg = loss
         self.bidirectional = model_name == "bert4rec"
         self.sine = model_name == "sine"
+        self.pnfrec = model_name == "pnfrec"
         self.mask_prob = mask_prob
         self.n_items = n_items
         self.item_log_freq = item_log_freq
@@ -107,8 +119,11 @@ class Objective:
                 item_log_freq=self.item_log_freq,
                 row_negatives=row_negatives,
             )
+        extra = rec.new_zeros(())
+        if self.pnfrec:
+            rec, extra = self.pnfrec_terms(model, batch, hidden, query, targets, rec)
         if self.cfg.nce_weight <= 0:
-            return rec, rec, rec.new_zeros(())
+            return rec + extra, rec, extra
         cfg = self.cfg
         nce_args = dict(temperature=cfg.nce_temperature, normalize=cfg.nce_normalize, backend=cfg.backend)
         if self.cfg.nce_context == "embedding":
@@ -118,7 +133,30 @@ class Objective:
         else:  # query[:, i] is the context after play i; play L-1 has none and is no anchor
             anchors = torch.nn.functional.pad(query, (0, 0, 0, 1))
             nce = skip_infonce(anchors, items, skips, candidates=model.embed(items), **nce_args)
+        if self.pnfrec:  # the third value is the weighted sum of both contrastive terms
+            nce = extra + self.cfg.nce_weight * nce
+            return rec + nce, rec, nce
         return rec + self.cfg.nce_weight * nce, rec, nce
+
+    def pnfrec_terms(self, model, batch: BatchTensors, hidden: Tensor, query: Tensor, targets: Tensor, rec: Tensor):
+        """PNFRec's ``(L_rec + alpha * L_neg, beta * L_contrastive)`` (module docstring); ``hidden``
+        ``[B, L-1, 2d]`` and ``query`` of ``items[:, :-1]``, ``targets`` the kept targets."""
+        cfg, items, skips = self.cfg, batch.items, batch.skips
+        if cfg.pnfrec_neg_weight > 0:
+            half = hidden.shape[-1] // 2
+            negative = hidden[..., half:]
+            neg_query = model.project(torch.cat([negative, torch.zeros_like(negative)], dim=-1))
+            neg_targets = next_skipped(items, skips)[:, :-1]
+            neg = rec_loss(
+                cfg, neg_query.reshape(-1, neg_query.shape[-1]), model.item_weight, neg_targets.reshape(-1),
+                batch.negatives, batch.neg_logq, n_items=self.n_items, item_log_freq=self.item_log_freq,
+            )
+            rec = rec + cfg.pnfrec_neg_weight * neg
+        extra = rec.new_zeros(())
+        if cfg.pnfrec_contrastive_weight > 0:
+            skipped = items.masked_fill(~skips.bool(), 0)  # every skipped play of the window, one term each
+            extra = cfg.pnfrec_contrastive_weight * pnfrec_contrastive(query, model.item_weight, targets, skipped)
+        return rec, extra
 
     def sine_loss(self, model: torch.nn.Module, batch: BatchTensors, generator: torch.Generator | None = None):
         """SINE's ``(total, rec, dcor)``: each prediction's random negative is one of the batch's

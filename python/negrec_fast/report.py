@@ -250,12 +250,15 @@ def _plots(report: Report, out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 4))
     for v in report.variants:
         metric = v.config.get("train.early_stopping_metric", "NDCG@10")
-        epochs = max(len(r.history) for r in v.runs)
-        means = []
-        for e in range(epochs):
-            values = [r.history[e]["valid"][metric] for r in v.runs if len(r.history) > e and metric in r.history[e]["valid"]]
-            means.append(statistics.mean(values) if values else float("nan"))
-        ax.plot(range(1, epochs + 1), means, marker="o", label=f"{v.label} ({metric})")
+        # x = epochs trained: a validation within an epoch (train.eval_every) sits at its fraction
+        by_x: dict[float, list[float]] = {}
+        for r in v.runs:
+            for h in r.history:
+                if metric in h["valid"]:
+                    x = round(h["epoch"] - 1 + h.get("epoch_progress", 1.0), 4)
+                    by_x.setdefault(x, []).append(h["valid"][metric])
+        xs = sorted(by_x)
+        ax.plot(xs, [statistics.mean(by_x[x]) for x in xs], marker="o", markersize=3, label=f"{v.label} ({metric})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation (mean over seeds)")
     ax.legend(fontsize="small")

@@ -39,7 +39,10 @@ class TensorBoardLogger:
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         """``train/<name>`` for the losses, throughput and time, ``valid/<metric>`` for each
-        validation metric, at step = epoch."""
+        validation metric, at step = epoch; validations within an epoch (``train.eval_every``)
+        stay in metrics.jsonl only."""
+        if "batch" in record:
+            return
         step = record["epoch"]
         for name in TRAIN_SCALARS:
             self._scalar(f"train/{name}", record.get(name), step)

@@ -31,6 +31,7 @@ from negrec_fast.errors import ConfigError
 from negrec_fast.evaluation import evaluate_model
 from negrec_fast.models import build_model_for
 from negrec_fast.objective import BatchTensors, Objective
+from negrec_fast.optim import build_optimizer
 from negrec_fast.progress import Progress
 from negrec_fast.run_folder import (
     CHECKPOINT_FORMAT,
@@ -62,6 +63,7 @@ class RunResult:
     best_valid: dict[str, float] | None
     test: dict[str, float] | None
     history: list[dict[str, Any]]
+    best_batch: int | None = None  # set when the best validation was taken within its epoch (train.eval_every)
 
 
 def train(
@@ -157,9 +159,7 @@ class Trainer:
         self.model = build_model_for(cfg, self.dataset.vocab_size).to(self.device)
         if self.world.size > 1:  # the same initial model, then a dropout stream per rank
             torch.manual_seed(cfg.train.seed + self.world.rank)
-        self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
-        )
+        self.optimizer = build_optimizer(cfg.train, self.model, world_size=self.world.size)
         self.objective = Objective(
             cfg.loss,
             cfg.model.name,
@@ -171,7 +171,6 @@ class Trainer:
         self.epoch, self.batch, self.step = 0, 0, 0
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
-        self.bad_epochs = 0
         self._reset_epoch_sums()
         if resume_from is not None:
             self._restore(resume_from)
@@ -226,7 +225,6 @@ class Trainer:
                 "epoch": self.epoch,
                 "batch": self.batch,
                 "step": self.step,
-                "bad_epochs": self.bad_epochs,
                 "best": self.best,
                 "history": self.history,
                 "epoch_sums": self.epoch_sums,
@@ -252,7 +250,9 @@ class Trainer:
             torch.manual_seed(self.cfg.train.seed + self.world.rank)
         p = ckpt["progress"]
         self.epoch, self.batch, self.step = p["epoch"], p["batch"], p["step"]
-        self.bad_epochs, self.best, self.history = p["bad_epochs"], p["best"], p["history"]
+        self.best, self.history = p["best"], p["history"]
+        if self.best is not None and "step" not in self.best:  # written before eval_every: best at an epoch end
+            self.best["step"] = self.best["epoch"] * len(self.loader)
         sums = p["epoch_sums"]
         # checkpoints written before the loss sums moved to the device keep them as floats
         if "loss_sums" in p:
@@ -283,7 +283,7 @@ class Trainer:
     def _fit(self) -> RunResult:
         cfg = self.cfg.train
         steps_this_call = 0
-        stopped = self.best is not None and cfg.patience and self.bad_epochs >= cfg.patience
+        stopped = self._patience_spent()
         while self.epoch < cfg.epochs and not stopped:
             n_batches = len(self.loader)
             self.model.train()
@@ -303,6 +303,12 @@ class Trainer:
                     elapsed = sums["seconds"] + time.perf_counter() - tic
                     # read (a synchronisation) only when the bar redraws
                     bar.update(1, loss=self._mean_loss, seq_per_s=sums["sequences"] / elapsed)
+                    if cfg.eval_every and self.batch % cfg.eval_every == 0 and self.batch < n_batches:
+                        self.epoch_sums["seconds"] += time.perf_counter() - tic
+                        stopped = self._mid_epoch_validation(n_batches)
+                        tic = time.perf_counter()
+                        if stopped:
+                            break
                     if cfg.max_steps and steps_this_call >= cfg.max_steps:
                         self.epoch_sums["seconds"] += time.perf_counter() - tic
                         self._save_last()
@@ -311,8 +317,9 @@ class Trainer:
                         self.epoch_sums["seconds"] += time.perf_counter() - tic
                         tic = time.perf_counter()
                         self._save_last()
-                self.epoch_sums["seconds"] += time.perf_counter() - tic
-            stopped = self._end_epoch()
+                else:  # the epoch ran to its end
+                    self.epoch_sums["seconds"] += time.perf_counter() - tic
+                    stopped = self._end_epoch()
         test = self._final_test()
         return self._result(completed=True, test=test)
 
@@ -366,7 +373,7 @@ class Trainer:
             "sequences_per_s": sums["sequences"] / sums["seconds"] if sums["seconds"] > 0 else None,
         }
         improved = self._validate(record) if self.main else None
-        record, improved, self.best, self.bad_epochs = self.world.broadcast((record, improved, self.best, self.bad_epochs))
+        record, improved, self.best = self.world.broadcast((record, improved, self.best))
         self.history.append(record)
         self.epoch += 1
         self.batch = 0
@@ -375,9 +382,33 @@ class Trainer:
         self._save_last()
         return self.world.broadcast(self._log_epoch(record, improved) if self.main else None)
 
+    def _mid_epoch_validation(self, n_batches: int) -> bool:
+        """``train.eval_every``: validate within the epoch, checkpoint, log; returns True when
+        early stopping says stop. The record carries the batch it was taken at; the epoch's
+        loss sums go on."""
+        sums = self.epoch_sums
+        self._mean_loss()
+        loss, rec, nce = (self.loss_sums / max(sums["batches"], 1)).tolist()
+        record: dict[str, Any] = {
+            "epoch": self.epoch + 1,
+            "batch": self.batch,
+            "epoch_progress": self.batch / n_batches,
+            "step": self.step,
+            "train_loss": loss,
+            "rec_loss": rec,
+            "nce_loss": nce,
+            "seconds": sums["seconds"],
+            "sequences_per_s": sums["sequences"] / sums["seconds"] if sums["seconds"] > 0 else None,
+        }
+        improved = self._validate(record) if self.main else None
+        record, improved, self.best = self.world.broadcast((record, improved, self.best))
+        self.history.append(record)
+        self._save_last()
+        return self.world.broadcast(self._log_epoch(record, improved) if self.main else None)
+
     def _validate(self, record: dict[str, Any]) -> bool:
         """Validation metrics into ``record``; updates the best epoch (and ``best.pt``) and the
-        count of epochs without improvement; returns whether the epoch improved."""
+        step of the best; returns whether the epoch improved."""
         valid = evaluate_model(self.model, self.dataset, "valid", self.cfg.eval, self.cfg.data.max_len, self.device)
         record["valid"] = valid
         metric = self.cfg.train.early_stopping_metric
@@ -396,15 +427,14 @@ class Trainer:
         else:
             improved = math.isfinite(score) and score > self.best["score"]
         if improved:
-            self.best = {"epoch": self.epoch + 1, "score": score, "metric": metric, "valid": valid}
-            self.bad_epochs = 0
+            self.best = {"epoch": record["epoch"], "step": self.step, "score": score, "metric": metric, "valid": valid}
+            if "batch" in record:  # taken within the epoch (train.eval_every)
+                self.best["batch"] = record["batch"]
             save_checkpoint(
                 self.run_dir / "best.pt",
                 {"format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "model": self.model.state_dict(),
-                 "epoch": self.epoch + 1, "valid": valid},
+                 "epoch": record["epoch"], "batch": record.get("batch"), "valid": valid},
             )
-        else:
-            self.bad_epochs += 1
         return improved
 
     def _log_epoch(self, record: dict[str, Any], improved: bool) -> bool:
@@ -415,8 +445,9 @@ class Trainer:
         valid = record["valid"]
         metric = self.cfg.train.early_stopping_metric
         if self.cfg.train.progress:
+            where = f"epoch {record['epoch']}" + (f" (batch {record['batch']})" if "batch" in record else "")
             print(
-                f"epoch {record['epoch']}: loss {record['train_loss']:.4f} (rec {record['rec_loss']:.4f}, "
+                f"{where}: loss {record['train_loss']:.4f} (rec {record['rec_loss']:.4f}, "
                 f"nce {record['nce_loss']:.4f}) | valid {metric} {valid.get(metric, float('nan')):.4f}, "
                 f"HR@10 {valid.get('HR@10', float('nan')):.4f}, "
                 f"skip_MRR@10 {valid.get('skip_MRR@10', float('nan')):.4f} | {record['seconds']:.1f}s"
@@ -427,8 +458,13 @@ class Trainer:
             self.tensorboard.log_epoch(record)
         # every callback sees the epoch, even when an earlier one asks to stop
         stop = [bool(callback(record, self.best)) for callback in self.callbacks]
+        return any(stop) or self._patience_spent()
+
+    def _patience_spent(self) -> bool:
+        """Early stopping: ``train.patience`` epochs' worth of optimizer steps since the best
+        validation (with validations at epoch ends only: that many epochs without improvement)."""
         patience = self.cfg.train.patience
-        return any(stop) or bool(patience and self.bad_epochs >= patience)
+        return bool(patience and self.best is not None and self.step - self.best["step"] >= patience * len(self.loader))
 
     def _final_test(self) -> dict[str, float]:
         """Test metrics of the best checkpoint (evaluated by rank 0, returned on every rank)."""
@@ -438,7 +474,8 @@ class Trainer:
         best = load_checkpoint(self.run_dir / "best.pt", map_location=self.device)
         self.model.load_state_dict(best["model"])
         test = evaluate_model(self.model, self.dataset, "test", self.cfg.eval, self.cfg.data.max_len, self.device)
-        write_json(self.run_dir / "test_metrics.json", {"best_epoch": best["epoch"], "test": test})
+        where = {"best_epoch": best["epoch"]} | ({"best_batch": best["batch"]} if best.get("batch") else {})
+        write_json(self.run_dir / "test_metrics.json", where | {"test": test})
         if self.tensorboard is not None:
             self.tensorboard.log_test(test, best["epoch"])
         return test
@@ -448,6 +485,7 @@ class Trainer:
             run_dir=self.run_dir,
             completed=completed,
             best_epoch=self.best["epoch"] if self.best else None,
+            best_batch=self.best.get("batch") if self.best else None,
             best_valid=self.best["valid"] if self.best else None,
             test=test,
             history=self.history,

@@ -266,7 +266,7 @@ class _Objective:
         pruned_after: list[int] = []
 
         def report(record: dict[str, Any], best: dict[str, Any]) -> bool:
-            if not math.isfinite(best["score"]):
+            if "batch" in record or not math.isfinite(best["score"]):  # pruning looks at epoch ends
                 return False
             trial.report(best["score"], record["epoch"])
             if trial.should_prune():
@@ -279,7 +279,7 @@ class _Objective:
         except (ConfigError, FloatingPointError) as exc:
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             raise
-        trial.set_user_attr("epochs", len(result.history))
+        trial.set_user_attr("epochs", sum("batch" not in h for h in result.history))
         trial.set_user_attr("best_epoch", result.best_epoch)
         if pruned_after:
             raise self.optuna.TrialPruned(f"pruned after epoch {pruned_after[0]}")

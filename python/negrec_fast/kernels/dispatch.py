@@ -18,6 +18,7 @@ from torch import Tensor
 from negrec_fast import losses
 from negrec_fast.losses import skip_penalty
 from negrec_fast.losses._reduce import reduce_rows
+from negrec_fast.losses._rows import gather_rows
 from negrec_fast.config import LossConfig
 from negrec_fast.errors import ConfigError
 
@@ -131,7 +132,7 @@ def _skip_penalty(cfg, penalty, per_row, query, item_weight, targets, row_negati
     if cfg.rec in ("bce", "gbce"):  # both penalties are the same for a binary loss: more negatives
         extra = torch.where(torch.isneginf(skip_logits), 0.0, F.softplus(skip_logits)).sum(dim=1)
         return reduce_rows(torch.where(valid, per_row + cfg.skip_weight * extra, 0.0), valid, "mean")
-    positive = (query.float() * item_weight[targets].float()).sum(dim=1) / cfg.temperature
+    positive = (query.float() * gather_rows(item_weight, targets).float()).sum(dim=1) / cfg.temperature
     if target_logq is not None:
         positive = positive - target_logq
     has = torch.isfinite(skip_logits).any(dim=1) & valid

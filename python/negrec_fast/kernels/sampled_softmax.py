@@ -7,7 +7,9 @@ negatives (K, shared)``; the ``[N, N + K]`` logits never reach global memory:
   accumulation (fp64 for fp64 inputs); only the per-row LSE is kept for backward.
 - backward: logits are recomputed blockwise. ``dQ = sum_c g (p_c - [c = n]) E_c / T`` per row
   tile; ``dE`` per candidate tile (reducing over row tiles, no atomics), then scattered into
-  the ``[V, d]`` weight gradient with ``index_add_`` (duplicate ids accumulate).
+  the ``[V, d]`` weight gradient with ``index_add_`` (duplicate ids accumulate); for a table marked
+  for sparse row gradients (``negrec_fast.losses._rows``) ``dE`` is returned as a sparse COO
+  gradient over the candidate ids instead (``train.optimizer = "sparse_adam"``).
 
 Each kernel's inner loop can be split across programs (grid axis 1) for occupancy; the partial
 results are combined with a few small torch ops. Nothing on the host reads tensor values, so
@@ -35,6 +37,7 @@ from negrec_fast.kernels._common_ss import (
 )
 from negrec_fast.losses import sampled_softmax_loss
 from negrec_fast.losses._reduce import reduce_rows
+from negrec_fast.losses._rows import has_sparse_rows
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -190,7 +193,7 @@ class _FusedSampledSoftmax(torch.autograd.Function):
     """Per-row sampled softmax loss ``[N]`` (0 on padding rows); grads for query and item_weight."""
 
     @staticmethod
-    def forward(ctx, query, item_weight, targets, negatives, logq, temperature, ignore_index):
+    def forward(ctx, query, item_weight, targets, negatives, logq, temperature, ignore_index, sparse_grad):
         dtype = compute_dtype(query, item_weight)
         q, w = query.to(dtype), item_weight.to(dtype)
         n, d = q.shape
@@ -219,6 +222,7 @@ class _FusedSampledSoftmax(torch.autograd.Function):
 
         ctx.save_for_backward(q, w, targets, cand, logq, inv_t, lse)
         ctx.ignore_index = ignore_index
+        ctx.sparse_grad = sparse_grad
         ctx.dtypes = (query.dtype, item_weight.dtype)
         return per_row
 
@@ -253,9 +257,13 @@ class _FusedSampledSoftmax(torch.autograd.Function):
             _bwd_de_kernel[(n_col_blocks, splits)](
                 *args, part, n, c, d, ctx.ignore_index, per_split, *scalars, **common
             )
-            grad_weight = torch.zeros(w.shape, dtype=ctx.dtypes[1], device=w.device)
-            grad_weight.index_add_(0, cand, part.sum(dim=0).to(ctx.dtypes[1]))
-        return grad_query, grad_weight, None, None, None, None, None
+            rows = part.sum(dim=0).to(ctx.dtypes[1])
+            if ctx.sparse_grad:  # the candidates' rows only (duplicates are summed when coalesced)
+                grad_weight = torch.sparse_coo_tensor(cand[None], rows, w.shape, check_invariants=False)
+            else:
+                grad_weight = torch.zeros(w.shape, dtype=ctx.dtypes[1], device=w.device)
+                grad_weight.index_add_(0, cand, rows)
+        return grad_query, grad_weight, None, None, None, None, None, None
 
 
 def _check_inputs(query, item_weight, targets, negatives, neg_logq, target_logq, temperature, reduction):
@@ -310,7 +318,8 @@ def fused_sampled_softmax_loss(
             (neg_logq if neg_logq is not None else zeros.expand(negatives.shape[0])).float(),
         ])
     per_row = _FusedSampledSoftmax.apply(
-        query, item_weight, targets.long(), negatives.long(), logq, float(temperature), int(ignore_index)
+        query, item_weight, targets.long(), negatives.long(), logq, float(temperature), int(ignore_index),
+        has_sparse_rows(item_weight),
     )
     return reduce_rows(per_row, targets != ignore_index, reduction)
 

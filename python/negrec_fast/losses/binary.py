@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from negrec_fast.losses._reduce import reduce_rows
+from negrec_fast.losses._rows import gather_rows
 
 
 def _binary_loss(
@@ -27,12 +28,12 @@ def _binary_loss(
 ) -> Tensor:
     valid = targets != ignore_index
     q = query.float()
-    positive = (q * item_weight[targets].float()).sum(dim=1)  # [N]
+    positive = (q * gather_rows(item_weight, targets).float()).sum(dim=1)  # [N]
     if negatives.dim() == 1:  # [K] shared by every row
-        negative = q @ item_weight[negatives].float().T  # [N, K]
+        negative = q @ gather_rows(item_weight, negatives).float().T  # [N, K]
         negatives = negatives.expand(targets.shape[0], -1)
     elif negatives.dim() == 2 and negatives.shape[0] == targets.shape[0]:
-        negative = torch.einsum("nd,nkd->nk", q, item_weight[negatives].float())
+        negative = torch.einsum("nd,nkd->nk", q, gather_rows(item_weight, negatives).float())
     else:
         raise ValueError(
             f"negatives must be [K] shared or [N, n] per row with N={targets.shape[0]}, "

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from negrec_fast.losses._reduce import reduce_rows
+from negrec_fast.losses._rows import gather_rows
 from negrec_fast.losses.skip_penalty import row_negative_logits
 
 
@@ -44,10 +45,10 @@ def bpr_loss(
         raise ValueError(f"row_weight must be > 0, got {row_weight}")
     valid = targets != ignore_index
     q = query.float()
-    positive = (q * item_weight[targets].float()).sum(dim=1)  # [N]
+    positive = (q * gather_rows(item_weight, targets).float()).sum(dim=1)  # [N]
     use = (negatives[None, :] != targets[:, None]) & (negatives[None, :] != ignore_index)  # [N, K]
     # -log(sigmoid(s+ - s-)) = softplus(s- - s+)
-    terms = F.softplus(q @ item_weight[negatives].float().T - positive[:, None])
+    terms = F.softplus(q @ gather_rows(item_weight, negatives).float().T - positive[:, None])
     total = torch.where(use, terms, 0.0).sum(dim=1)
     count = use.sum(dim=1).float()
     if row_negatives is not None:

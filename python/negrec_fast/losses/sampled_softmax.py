@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from negrec_fast.losses._reduce import reduce_rows
+from negrec_fast.losses._rows import gather_rows
 
 
 def sampled_softmax_loss(
@@ -47,7 +48,7 @@ def sampled_softmax_loss(
     n = targets.shape[0]
     valid = targets != ignore_index
     candidates = torch.cat([targets, negatives])
-    logits = (query.float() @ item_weight[candidates].float().T) / temperature  # [N, N+K]
+    logits = (query.float() @ gather_rows(item_weight, candidates).float().T) / temperature  # [N, N+K]
     if target_logq is not None:
         logits[:, :n] = logits[:, :n] - target_logq.float()[None, :]
     if neg_logq is not None:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from negrec_fast.losses._reduce import reduce_rows
+from negrec_fast.losses._rows import gather_rows
 
 
 def kept_plays(items: Tensor, skips: Tensor | None, pad_index: int = 0) -> Tensor:
@@ -72,15 +73,15 @@ def sine_rank_loss(
             the prediction of the same row each belongs to (:func:`passed_over`).
     """
     dtype = torch.promote_types(user.dtype, torch.float32)  # bf16 autocast outputs: sum in float32
-    user, weight = user.to(dtype), item_weight.to(dtype)
+    user = user.to(dtype)
     valid = targets != pad_index
-    positive = (user * weight[targets]).sum(-1)
-    negative = (user * weight[negatives]).sum(-1)
+    positive = (user * gather_rows(item_weight, targets).to(dtype)).sum(-1)
+    negative = (user * gather_rows(item_weight, negatives).to(dtype)).sum(-1)
     bpr = reduce_rows(F.softplus(negative - positive) * valid, valid, "mean")
     pair_targets = targets.gather(1, skip_cols)
     used = (skipped != pad_index) & (pair_targets != pad_index) & (skipped != pair_targets)
     pair_user = user.gather(1, skip_cols[..., None].expand(-1, -1, user.shape[-1]))
-    pair_scores = (pair_user * weight[skipped]).sum(-1)
+    pair_scores = (pair_user * gather_rows(item_weight, skipped).to(dtype)).sum(-1)
     per_pair = F.softplus(pair_scores - positive.gather(1, skip_cols)) * used
     return bpr, reduce_rows(per_pair, used, "mean")
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from negrec_fast.losses._rows import gather_rows
+
 
 def session_skipped_items(items: Tensor, skips: Tensor, pad_index: int = 0) -> Tensor:
     """``[B, L]`` the skipped items of each row (session window), each item once, 0 elsewhere."""
@@ -33,7 +35,7 @@ def session_skipped_items(items: Tensor, skips: Tensor, pad_index: int = 0) -> T
 def row_negative_logits(query: Tensor, item_weight: Tensor, targets: Tensor, row_negatives: Tensor) -> Tensor:
     """``[N, M]`` logits ``query[n] . item_weight[row_negatives[n, m]]``; ``-inf`` where the id is
     0 or the row's target."""
-    logits = torch.einsum("nd,nmd->nm", query.float(), item_weight[row_negatives].float())
+    logits = torch.einsum("nd,nmd->nm", query.float(), gather_rows(item_weight, row_negatives).float())
     unused = (row_negatives == 0) | (row_negatives == targets[:, None])
     return logits.masked_fill(unused, float("-inf"))
 

@@ -9,6 +9,7 @@ from negrec_fast.models.base import SequentialModel
 from negrec_fast.models.bert4rec import BERT4Rec
 from negrec_fast.models.gru4rec import GRU4Rec
 from negrec_fast.models.matrix_factorization import BPRMF, WRMF
+from negrec_fast.models.pnfrec import PNFRec
 from negrec_fast.models.sasrec import SASRec
 from negrec_fast.models.sine import SINE
 
@@ -16,11 +17,11 @@ if TYPE_CHECKING:
     from negrec_fast.config import Config
 
 MODELS: dict[str, type[SequentialModel]] = {"sasrec": SASRec, "bert4rec": BERT4Rec, "gru4rec": GRU4Rec, "sine": SINE,
-                                            "bpr": BPRMF, "wrmf": WRMF}
+                                            "pnfrec": PNFRec, "bpr": BPRMF, "wrmf": WRMF}
 
 
 def build_model(name: str, vocab_size: int, **options) -> SequentialModel:
-    """Build the model called ``name`` ("sasrec", "bert4rec", "gru4rec", "sine", "bpr", "wrmf", any case)."""
+    """Build the model called ``name`` ("sasrec", "bert4rec", "gru4rec", "sine", "pnfrec", "bpr", "wrmf", any case)."""
     cls = MODELS.get(name.lower()) if isinstance(name, str) else None
     if cls is None:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
@@ -39,14 +40,16 @@ def build_model_for(cfg: Config, vocab_size: int) -> SequentialModel:
     options: dict[str, Any] = dict(
         max_len=cfg.data.max_len, d_model=m.d_model, dropout=m.dropout, skip_inputs=m.skip_inputs
     )
-    if m.name in ("sasrec", "bert4rec", "sine"):
+    if m.name in ("sasrec", "bert4rec", "sine", "pnfrec"):
         options.update(n_heads=m.n_heads, n_layers=m.n_layers, d_ff=m.d_ff, norm_first=m.norm_first)
         if m.name == "sine":
             options.update(n_interests=m.sine_interests)
+        if m.name == "pnfrec":
+            options.update(fusion=m.pnfrec_fusion)
     else:
         options.update(n_layers=m.n_layers)
     return build_model(m.name, vocab_size, **options)
 
 
-__all__ = ["BERT4Rec", "BPRMF", "GRU4Rec", "MODELS", "SASRec", "SINE", "SequentialModel", "WRMF", "build_model",
-           "build_model_for"]
+__all__ = ["BERT4Rec", "BPRMF", "GRU4Rec", "MODELS", "PNFRec", "SASRec", "SINE", "SequentialModel", "WRMF",
+           "build_model", "build_model_for"]
