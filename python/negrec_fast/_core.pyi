@@ -9,6 +9,8 @@ class InputError(NegrecError): ...
 
 # --- ingest (rust/src/python/ingest.rs) ---
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -51,10 +53,20 @@ def ingest(
     delimiter: str | None = None,
     skip_bad_rows: bool = False,
     progress: IngestProgress | None = None,
-) -> dict[str, NDArray[np.generic] | int | list[str] | None]:
+    memory_limit: int | None = None,
+    work_dir: str | None = None,
+) -> dict[str, Any]:
     """Keys: session_data (uint8) + session_offsets (int64), offsets (int64 [S+1]), items (uint32),
     skips (uint8), timestamps (int64 or None), train_end/valid_target/test_target (int32 [S]),
-    vocab_data (uint8) + vocab_offsets (int64), counts (uint64 [V]), rows_read, bad_rows, bytes, files."""
+    vocab_data (uint8) + vocab_offsets (int64), counts (uint64 [V]), rows_read, bad_rows, bytes, files.
+
+    With ``memory_limit`` (bytes, >= 1 MiB; spill files go to ``work_dir``) the ingest runs in
+    bounded memory and the row and session columns come back as files instead: ``columns`` maps
+    session_data, session_offsets (int64 [S+1]), offsets (int32 [S+1]), items, skips,
+    timestamps (when the source has times), train_end, valid_target, test_target to files of
+    little-endian values in ``work_dir``; with n_rows, n_sessions, n_skipped, n_valid, n_test,
+    partitions, spilled_bytes and the vocab_data, vocab_offsets, counts, rows_read, bad_rows,
+    bytes, files above."""
 
 # --- sampling and batching (rust/src/python/batching.rs) ---
 

@@ -12,13 +12,16 @@ mod formats;
 mod intern;
 mod scan;
 mod source;
+mod spill;
 mod split;
+mod stream;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 
 pub use formats::{EventsSpec, Format, Signal, SkipRule};
 pub use split::{SplitRule, Targets};
+pub use stream::{run_streaming, Streamed, Streaming, MIN_MEMORY_LIMIT};
 
 use crate::error::{Error, Result};
 
@@ -126,8 +129,8 @@ pub fn input_bytes(paths: &[PathBuf]) -> Result<u64> {
         .sum()
 }
 
-/// Runs the whole ingest. `progress` counts input bytes processed (for a progress bar).
-pub fn run(paths: &[PathBuf], format: &Format, options: &Options, progress: &AtomicU64) -> Result<Dataset> {
+/// Checks the options before anything is read.
+fn check_options(options: &Options) -> Result<()> {
     options.split.validate()?;
     let rules = &options.rules;
     if rules.min_length == 0
@@ -137,6 +140,57 @@ pub fn run(paths: &[PathBuf], format: &Format, options: &Options, progress: &Ato
     {
         return Err(Error::Config("min_length, max_length and min_remainder must be >= 1 and session_gap >= 0".into()));
     }
+    Ok(())
+}
+
+/// Checks what was read: some good rows, and durations only where they can apply.
+fn check_read(
+    files: &[PathBuf],
+    rows_read: u64,
+    bad_rows: u64,
+    layout: formats::Layout,
+    options: &Options,
+) -> Result<()> {
+    if rows_read == bad_rows {
+        let what = if rows_read == 0 { "no data rows" } else { "every data row is malformed" };
+        return Err(Error::Input { file: files[0].clone(), message: what.into() });
+    }
+    if options.durations.is_some() && (layout.has_signal || !layout.timestamps) {
+        return Err(Error::Config(
+            "durations derive skips from play times: use them only with timestamped inputs that have no skip column"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+fn no_session_error(files: &[PathBuf], rules: &Rules) -> Error {
+    Error::Input {
+        file: files[0].clone(),
+        message: format!(
+            "no session passes the filters (min_length={}, max_length={:?}, min_remainder={}, require_skip={})",
+            rules.min_length, rules.max_length, rules.min_remainder, rules.require_skip
+        ),
+    }
+}
+
+/// Appends the key of a kept window: the group key, `#part` for a gap-cut session, `:index`
+/// for a window of a cut session.
+fn push_session_key(out: &mut Vec<u8>, group_key: &[u8], part: Option<u32>, index: Option<u32>) {
+    use std::io::Write;
+    out.extend_from_slice(group_key);
+    if let Some(part) = part {
+        write!(out, "#{part}").expect("writing to a vector");
+    }
+    if let Some(index) = index {
+        write!(out, ":{index}").expect("writing to a vector");
+    }
+}
+
+/// Runs the whole ingest. `progress` counts input bytes processed (for a progress bar).
+pub fn run(paths: &[PathBuf], format: &Format, options: &Options, progress: &AtomicU64) -> Result<Dataset> {
+    check_options(options)?;
+    let rules = &options.rules;
     let files = source::list_files(paths)?;
     let mut parsed = source::read_all(&files, format, options.skip_bad_rows, false, progress)?;
     if !options.skip_bad_rows {
@@ -146,17 +200,8 @@ pub fn run(paths: &[PathBuf], format: &Format, options: &Options, progress: &Ato
     }
     let rows_read: u64 = parsed.chunks.iter().map(|c| c.rows).sum();
     let bad_rows: u64 = parsed.chunks.iter().map(|c| c.bad_rows).sum();
-    if rows_read == bad_rows {
-        let what = if rows_read == 0 { "no data rows" } else { "every data row is malformed" };
-        return Err(Error::Input { file: files[0].clone(), message: what.into() });
-    }
     let layout = parsed.parser.layout();
-    if options.durations.is_some() && (layout.has_signal || !layout.timestamps) {
-        return Err(Error::Config(
-            "durations derive skips from play times: use them only with timestamped inputs that have no skip column"
-                .into(),
-        ));
-    }
+    check_read(&files, rows_read, bad_rows, layout, options)?;
 
     // Sessions of consecutive rows already in order need no sort, and their order values are
     // needed later only as times or for gaps and durations.
@@ -184,13 +229,7 @@ pub fn run(paths: &[PathBuf], format: &Format, options: &Options, progress: &Ato
     }
     let windows = build::filter(&rows, &sessions, rules);
     if windows.is_empty() {
-        return Err(Error::Input {
-            file: files[0].clone(),
-            message: format!(
-                "no session passes the filters (min_length={}, max_length={:?}, min_remainder={}, require_skip={})",
-                rules.min_length, rules.max_length, rules.min_remainder, rules.require_skip
-            ),
-        });
+        return Err(no_session_error(&files, rules));
     }
     // Session keys are built while items are encoded; then vocabulary strings and split targets
     // side by side (all independent of each other).
@@ -202,13 +241,7 @@ pub fn run(paths: &[PathBuf], format: &Format, options: &Options, progress: &Ato
         for w in &windows {
             let s = sessions[w.session as usize];
             key.clear();
-            key.extend_from_slice(groups.keys[s.group as usize]);
-            if let Some(part) = s.part {
-                key.extend_from_slice(format!("#{part}").as_bytes());
-            }
-            if let Some(index) = w.index {
-                key.extend_from_slice(format!(":{index}").as_bytes());
-            }
+            push_session_key(&mut key, groups.keys[s.group as usize], s.part, w.index);
             session_keys.push(&key);
         }
         session_keys

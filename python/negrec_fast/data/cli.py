@@ -51,6 +51,12 @@ def add_prepare_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--valid-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.1)
     p.add_argument("--on-bad-rows", default="error", choices=("error", "skip"))
+    p.add_argument(
+        "--memory-limit", metavar="SIZE",
+        help="prepare in bounded memory: the ingest's data stays within SIZE (e.g. 512M, 4G; K/M/G/T = KiB/MiB/GiB/TiB; "
+        "at least 1M), spilling to a temporary folder beside OUTPUT_DIR; same output, slower. The Python "
+        "interpreter and libraries (~75 MB) come on top; the item vocabulary must fit in half of SIZE",
+    )
     cols = p.add_argument_group("column mapping (events, recbole)")
     cols.add_argument("--session-column", dest="session")
     cols.add_argument("--user-column", dest="user")
@@ -93,7 +99,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         for k in (
             "skip_rule", "min_length", "max_length", "min_remainder", "require_skip", "max_sessions", "seed", "session_gap",
             "durations", "split", "valid_fraction", "test_fraction", "on_bad_rows", "progress", "overwrite",
-            "skip_below", "organic_only",
+            "skip_below", "organic_only", "memory_limit",
         )
     }
     if args.format in ("events", "recbole"):

@@ -24,7 +24,7 @@ MANIFEST_FILE = "manifest.json"
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(1 << 22):
+        while block := f.read(1 << 18):
             digest.update(block)
     return digest.hexdigest()
 

@@ -71,10 +71,15 @@ def _check_line_breaks(batch: pa.RecordBatch, converted: Converted, first_row: i
 
 
 def to_csv(
-    paths: list[Path], workdir: Path, mapping: Mapping[str, Any], delimiter: str, recbole: bool
+    paths: list[Path],
+    workdir: Path,
+    mapping: Mapping[str, Any],
+    delimiter: str,
+    recbole: bool,
+    batch_size: int = 1 << 16,
 ) -> tuple[list[Path], list[Converted]]:
-    """Converts the `.parquet` paths into CSV files in `workdir`; returns the new input list
-    (other paths unchanged) and the conversions."""
+    """Converts the `.parquet` paths into CSV files in `workdir`, ``batch_size`` rows at a time;
+    returns the new input list (other paths unchanged) and the conversions."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -101,7 +106,7 @@ def to_csv(
         fields = pa.schema([schema.field(n) for n in columns])
         with pacsv.CSVWriter(c.csv, fields, write_options=options) as writer:
             row = 0
-            for batch in parquet.iter_batches(columns=columns):
+            for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
                 _check_line_breaks(batch, c, row)
                 writer.write_batch(batch)
                 row += batch.num_rows

@@ -7,6 +7,9 @@ numpy arrays it owns; they become Arrow arrays without copies and are written he
 from __future__ import annotations
 
 import json
+import mmap
+import os
+import re
 import shutil
 import tempfile
 import threading
@@ -79,6 +82,131 @@ def _write(path: Path, batch: pa.RecordBatch) -> None:
         writer.write_batch(batch)
 
 
+_SIZE = re.compile(r"(\d+(?:\.\d*)?)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes of a size: an integer, or text like ``"512M"``, ``"1.5G"``, ``"64MiB"`` (K, M, G, T are
+    powers of 1024; a plain number is bytes)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"a size is an integer or text like '512M', got {value!r}")
+    if isinstance(value, int):
+        size = value
+    else:
+        m = _SIZE.fullmatch(value.strip())
+        if m is None:
+            raise ValueError(f"a size is a number with an optional unit K, M, G or T (e.g. '512M'), got {value!r}")
+        size = int(float(m[1]) * 1024 ** " kmgt".index((m[2] or " ").lower()))
+    if size <= 0:
+        raise ValueError(f"a size must be positive, got {value!r}")
+    return size
+
+
+def _zeros(nbytes: int) -> mmap.mmap | np.ndarray:
+    """Zero bytes in a private anonymous map: pages that are only read map the kernel's shared
+    zero page, so they take no memory (resident set) however large."""
+    if not hasattr(mmap, "MAP_PRIVATE"):  # Windows: calloc'ed pages are committed when touched
+        return np.zeros(max(nbytes, 1), dtype=np.uint8)
+    return mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+
+def _placeholder(dtype: type[np.generic], n: int, last: int | None = None) -> pa.Buffer:
+    """A buffer of ``n`` zero values of ``dtype`` (the last set to ``last``) that takes no memory."""
+    size = np.dtype(dtype).itemsize * n
+    zeros = _zeros(size)
+    if last is not None:
+        np.frombuffer(zeros, dtype=dtype, count=n)[-1] = last
+    return pa.py_buffer(zeros)[:size]
+
+
+def _copy_into(dst: int, offset: int, src_path: str, size: int) -> None:
+    """Copies the file ``src_path`` (``size`` bytes) to ``offset`` of the open file ``dst``, in the kernel
+    where it can (no user-space buffer), else in 1 MiB blocks."""
+    if os.path.getsize(src_path) != size:
+        raise RuntimeError(f"{src_path}: {os.path.getsize(src_path)} bytes, expected {size}")
+    with open(src_path, "rb") as src:
+        done = 0
+        if hasattr(os, "copy_file_range"):
+            try:
+                while done < size:
+                    n = os.copy_file_range(src.fileno(), dst, size - done, done, offset + done)
+                    if n == 0:
+                        break
+                    done += n
+            except OSError:
+                pass
+        while done < size:
+            block = os.pread(src.fileno(), min(1 << 20, size - done), done)
+            if not block:
+                raise RuntimeError(f"{src_path}: ends after {done} of {size} bytes")
+            os.pwrite(dst, block, offset + done)
+            done += len(block)
+
+
+def _write_streamed(path: Path, raw: dict[str, Any]) -> None:
+    """Writes sessions.arrow from the column files of a streaming ingest without loading them:
+    pyarrow writes the file (so it is byte for byte what `_write_folder` writes) from buffers of
+    zeros that take no memory, then each column file is copied over its zeros."""
+    files = raw["columns"]
+    n, rows = raw["n_sessions"], raw["n_rows"]
+    if rows > np.iinfo(np.int32).max:
+        raise ValueError(f"{rows} plays exceed the 2^31-1 limit of Arrow list<...> columns")
+    key_bytes = os.path.getsize(files["session_data"])
+
+    def array(dtype: type[np.generic], pa_type: pa.DataType, count: int, last: int | None = None) -> pa.Array:
+        return pa.Array.from_buffers(pa_type, count, [None, _placeholder(dtype, count, last)])
+
+    def listed(dtype: type[np.generic], pa_type: pa.DataType) -> pa.ListArray:
+        return pa.ListArray.from_arrays(array(np.int32, pa.int32(), n + 1, rows), array(dtype, pa_type, rows))
+
+    key_offsets = _placeholder(np.int64, n + 1, key_bytes)
+    columns: dict[str, pa.Array] = {
+        "session": pa.LargeStringArray.from_buffers(n, key_offsets, _placeholder(np.uint8, key_bytes)),
+        "items": listed(np.uint32, pa.uint32()),
+        "skips": listed(np.uint8, pa.uint8()),
+    }
+    # The file each buffer of each column comes from (None: no buffer), in `Array.buffers()` order.
+    sources: dict[str, list[str | None]] = {
+        "session": [None, "session_offsets", "session_data"],
+        "items": [None, "offsets", None, "items"],
+        "skips": [None, "offsets", None, "skips"],
+    }
+    if "timestamps" in files:
+        columns["timestamps"] = listed(np.int64, pa.int64())
+        sources["timestamps"] = [None, "offsets", None, "timestamps"]
+    for name in ("train_end", "valid_target", "test_target"):
+        columns[name] = array(np.int32, pa.int32(), n)
+        sources[name] = [None, name]
+    _write(path, pa.RecordBatch.from_pydict(columns))
+    del columns, key_offsets
+
+    # Where pyarrow put each buffer: its address in a map of the file, less the map's start.
+    with pa.memory_map(str(path), "r") as source:
+        size = source.size()
+        base = source.read_buffer(1).address
+        source.seek(0)
+        batch = ipc.open_file(source).get_batch(0)
+        spans = []
+        for name, names in sources.items():
+            buffers = batch.column(name).buffers()
+            if len(buffers) != len(names):
+                raise RuntimeError(f"{path}: column {name!r} has {len(buffers)} buffers, expected {len(names)}")
+            for buf, file in zip(buffers, names):
+                if file is None or buf is None or buf.size == 0:
+                    continue
+                offset = buf.address - base
+                if not 0 <= offset <= size - buf.size:  # read as a copy, not in place
+                    raise RuntimeError(f"{path}: the {file} buffer is not inside the file map")
+                spans.append((offset, files[file], buf.size))
+        del batch, buffers
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for offset, file, nbytes in spans:
+            _copy_into(fd, offset, file, nbytes)
+    finally:
+        os.close(fd)
+
+
 def _run_with_progress(paths: list[str], show: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Runs `_core.ingest`; a helper thread draws input bytes processed while Rust works."""
     if not show:
@@ -135,6 +263,7 @@ def prepare(
     skip_below: float | None = None,
     organic_only: bool = False,
     on_bad_rows: str = "error",
+    memory_limit: int | str | None = None,
     progress: bool = True,
     overwrite: bool = False,
 ) -> SessionDataset:
@@ -169,6 +298,14 @@ def prepare(
     source: ``negrec_fast.data.yambda``).
     on_bad_rows: ``"error"`` raises InputError (``FILE:LINE:COL: ...``) at the first malformed
     row; ``"skip"`` skips and counts them (manifest ``n_bad_rows``).
+    memory_limit: bytes (an int, or text like ``"512M"``, ``"4G"``; at least 1 MiB) the ingest's data may
+    take: the input is read in blocks and spilled to partition files in a temporary folder beside
+    ``output_dir``, which are built one at a time and merged, so a log larger than memory can be
+    prepared. The dataset folder is the same, byte for byte, as without a limit. Not counted: the
+    Python interpreter and its libraries (a fixed ~75 MB), the item vocabulary (refused if it
+    needs over half the limit), one session or user history larger than a partition, a
+    ``durations`` table, and 16 bytes per session under the temporal split. None (default):
+    everything in memory, fastest.
     The folder is written to a temporary sibling and renamed into place when complete; an
     existing non-empty ``output_dir`` is replaced only with ``overwrite=True``.
     """
@@ -193,6 +330,7 @@ def prepare(
             raise ValueError(f"{name} must be >= 1, got {value}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
+    limit = None if memory_limit is None else parse_size(memory_limit)
     if require_skip is None:
         require_skip = format == "mssd"
     inputs = [Path(p) for p in ([input] if isinstance(input, (str, PathLike)) else input)]
@@ -261,14 +399,21 @@ def prepare(
     try:
         converted: list[parquet.Converted] = []
         from_yambda: yambda.Converted | None = None
+        # Parquet is converted in record batches; under a memory limit, of about limit / 1024 rows.
+        batch_rows = {} if limit is None else {"batch_size": max(1 << 10, min(1 << 16, limit // 1024))}
         if format in ("events", "recbole") and any(p.suffix.lower() == ".parquet" for p in inputs):
             kwargs["delimiter"] = delimiter or ","
-            inputs, converted = parquet.to_csv(inputs, tmp, mapping, kwargs["delimiter"], format == "recbole")
+            inputs, converted = parquet.to_csv(
+                inputs, tmp, mapping, kwargs["delimiter"], format == "recbole", **batch_rows
+            )
         if format == "yambda":
             from_yambda = yambda.to_csv(
-                inputs, tmp / "yambda-events.csv", skip_below=skip_below, organic_only=organic_only, progress=progress
+                inputs, tmp / "yambda-events.csv", skip_below=skip_below, organic_only=organic_only, progress=progress,
+                **batch_rows,
             )
             inputs = [from_yambda.csv]
+        if limit is not None:
+            kwargs.update(memory_limit=limit, work_dir=str(tmp / "spill"))
         try:
             raw = _run_with_progress([str(p) for p in inputs], progress, kwargs)
         except _core.InputError as e:
@@ -283,6 +428,7 @@ def prepare(
             for c in converted:
                 c.csv.unlink()
         manifest = _write_folder(tmp, raw, format, rules, split, valid_fraction, test_fraction)
+        shutil.rmtree(tmp / "spill", ignore_errors=True)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             out.rename(old / out.name)
@@ -307,37 +453,42 @@ def _write_folder(
     valid_fraction: float,
     test_fraction: float,
 ) -> dict[str, Any]:
-    """Writes sessions.arrow, vocab.arrow and manifest.json into `folder`; returns the manifest."""
-    offsets = raw["offsets"]
-    columns = {
-        "session": _strings(raw["session_data"], raw["session_offsets"]),
-        "items": _list(offsets, raw["items"]),
-        "skips": _list(offsets, raw["skips"]),
-    }
-    if raw["timestamps"] is not None:
-        columns["timestamps"] = _list(offsets, raw["timestamps"])
-    for name in ("train_end", "valid_target", "test_target"):
-        columns[name] = _numeric(raw[name])
-    _write(folder / SESSIONS_FILE, pa.RecordBatch.from_pydict(columns))
+    """Writes sessions.arrow, vocab.arrow and manifest.json into `folder`; returns the manifest.
+    `raw` holds the arrays of an in-memory ingest, or the column files of a streaming one."""
+    if "columns" in raw:
+        _write_streamed(folder / SESSIONS_FILE, raw)
+        n_rows, n_sessions, n_valid, n_test = raw["n_rows"], raw["n_sessions"], raw["n_valid"], raw["n_test"]
+        skip_rate = raw["n_skipped"] / n_rows if n_rows else 0.0  # == skips.mean(): both correctly rounded
+    else:
+        offsets = raw["offsets"]
+        columns = {
+            "session": _strings(raw["session_data"], raw["session_offsets"]),
+            "items": _list(offsets, raw["items"]),
+            "skips": _list(offsets, raw["skips"]),
+        }
+        if raw["timestamps"] is not None:
+            columns["timestamps"] = _list(offsets, raw["timestamps"])
+        for name in ("train_end", "valid_target", "test_target"):
+            columns[name] = _numeric(raw[name])
+        _write(folder / SESSIONS_FILE, pa.RecordBatch.from_pydict(columns))
+        skips = raw["skips"]
+        n_rows, n_sessions = len(skips), len(offsets) - 1
+        skip_rate = float(skips.mean()) if len(skips) else 0.0
+        n_valid, n_test = (raw["valid_target"] >= 0).sum(), (raw["test_target"] >= 0).sum()
     vocab = {"item": _strings(raw["vocab_data"], raw["vocab_offsets"]), "count": _numeric(raw["counts"])}
     _write(folder / VOCAB_FILE, pa.RecordBatch.from_pydict(vocab))
 
-    skips = raw["skips"]
     n_items = len(raw["counts"]) - 2
-    split_info: dict[str, Any] = {
-        "name": split,
-        "n_valid": int((raw["valid_target"] >= 0).sum()),
-        "n_test": int((raw["test_target"] >= 0).sum()),
-    }
+    split_info: dict[str, Any] = {"name": split, "n_valid": int(n_valid), "n_test": int(n_test)}
     if split == "temporal":
         split_info.update(valid_fraction=valid_fraction, test_fraction=test_fraction)
     manifest = {
         "format_version": FORMAT_VERSION,
-        "n_rows": int(len(skips)),
-        "n_sessions": int(len(offsets) - 1),
+        "n_rows": int(n_rows),
+        "n_sessions": int(n_sessions),
         "n_items": n_items,
         "vocab_size": n_items + 2,
-        "skip_rate": float(skips.mean()) if len(skips) else 0.0,
+        "skip_rate": float(skip_rate),
         "n_bad_rows": int(raw["bad_rows"]),
         "source": {
             "format": format,

@@ -363,18 +363,41 @@ pub(crate) fn filter(rows: &Rows, sessions: &[Session], rules: &Rules) -> Vec<Wi
     }
     if let Some(cap) = rules.max_sessions {
         if cap < out.len() {
-            let mut state = rules.seed;
-            let mut idx: Vec<usize> = (0..out.len()).collect();
-            for i in 0..cap {
-                let j = i + (splitmix(&mut state) % (idx.len() - i) as u64) as usize;
-                idx.swap(i, j);
-            }
-            let mut chosen = idx[..cap].to_vec();
-            chosen.sort_unstable();
-            out = chosen.into_iter().map(|i| out[i]).collect();
+            out = sample(out.len(), cap, rules.seed).into_iter().map(|i| out[i]).collect();
         }
     }
     out
+}
+
+/// The `cap` indices (of `0..n`, `cap < n`) a seeded partial Fisher-Yates shuffle picks, in
+/// increasing order: the `max_sessions` sample. With few picks among many windows only the
+/// moved positions are kept (in a map), which gives the same picks.
+pub(crate) fn sample(n: usize, cap: usize, seed: u64) -> Vec<usize> {
+    let mut state = seed;
+    let mut chosen = if cap.saturating_mul(8) >= n {
+        let mut idx: Vec<usize> = (0..n).collect();
+        for i in 0..cap {
+            let j = i + (splitmix(&mut state) % (n - i) as u64) as usize;
+            idx.swap(i, j);
+        }
+        idx.truncate(cap);
+        idx
+    } else {
+        let mut moved: AHashMap<usize, usize> = AHashMap::with_capacity(2 * cap);
+        let mut chosen = Vec::with_capacity(cap);
+        for i in 0..cap {
+            let j = i + (splitmix(&mut state) % (n - i) as u64) as usize;
+            let at_j = moved.get(&j).copied().unwrap_or(j);
+            let at_i = moved.remove(&i).unwrap_or(i);
+            if j != i {
+                moved.insert(j, at_i);
+            }
+            chosen.push(at_j);
+        }
+        chosen
+    };
+    chosen.sort_unstable();
+    chosen
 }
 
 /// The encoded output rows of the kept windows.
@@ -562,6 +585,22 @@ mod tests {
         assert_eq!(a, filter(&r, &s, &rl));
         rl.seed = 1;
         assert_ne!(a, filter(&r, &s, &rl));
+    }
+
+    #[test]
+    fn sparse_sample_equals_the_shuffle() {
+        for (n, cap, seed) in [(1000, 3, 0), (1000, 124, 7), (1000, 125, 7), (50, 49, 1), (100_000, 10, 42), (2, 1, 5)]
+        {
+            let mut state = seed;
+            let mut idx: Vec<usize> = (0..n).collect();
+            for i in 0..cap {
+                let j = i + (splitmix(&mut state) % (n - i) as u64) as usize;
+                idx.swap(i, j);
+            }
+            let mut expected = idx[..cap].to_vec();
+            expected.sort_unstable();
+            assert_eq!(sample(n, cap, seed), expected, "n={n} cap={cap}");
+        }
     }
 
     #[test]

@@ -261,6 +261,12 @@ impl Interner {
         }
     }
 
+    /// Bytes the interner has allocated (keys, hashes and the table).
+    pub fn heap_bytes(&self) -> usize {
+        self.keys.records.capacity()
+            + 8 * (self.keys.starts.capacity() + self.hashes.capacity() + self.table.slots.capacity())
+    }
+
     /// Adds `key` (absent, located by `find`; at most `MAX_KEY_LEN` bytes) and returns its id.
     pub fn insert(&mut self, key: &[u8], at: Vacant) -> u32 {
         let start = self.keys.records.len() as u64;

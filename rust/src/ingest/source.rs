@@ -495,7 +495,7 @@ fn parse_quoted(p: &mut ChunkParser, report: &mut impl FnMut(usize)) -> u64 {
 }
 
 /// Cuts `data` into about `pieces` parts, each ending just after a newline (or at the end).
-fn split_at_newlines(data: &[u8], pieces: usize) -> Vec<&[u8]> {
+pub(crate) fn split_at_newlines(data: &[u8], pieces: usize) -> Vec<&[u8]> {
     let target = (data.len() / pieces.max(1)).max(1 << 20);
     let mut out = Vec::new();
     let mut start = 0;
@@ -521,12 +521,12 @@ fn io_error(file: &Path, source: std::io::Error) -> Error {
     Error::Io { file: file.to_path_buf(), source }
 }
 
-fn empty_error(file: &Path) -> Error {
+pub(crate) fn empty_error(file: &Path) -> Error {
     Error::Input { file: file.to_path_buf(), message: "empty file: expected at least one line".into() }
 }
 
 /// The first line of `data` (without newline or `\r`) and the offset just after it.
-fn first_line(data: &[u8]) -> (&[u8], usize) {
+pub(crate) fn first_line(data: &[u8]) -> (&[u8], usize) {
     let nl = memchr::memchr(b'\n', data).unwrap_or(data.len());
     let end = trim_cr(data, nl, 0);
     (&data[..end], (nl + 1).min(data.len()))
@@ -586,7 +586,7 @@ pub(crate) fn read_all(
 }
 
 /// Sets each chunk's first line number from the line counts before it.
-fn number_lines(chunks: &mut [Chunk], first: u64) -> u64 {
+pub(crate) fn number_lines(chunks: &mut [Chunk], first: u64) -> u64 {
     let mut line = first;
     for c in chunks {
         c.line0 = line;
@@ -673,10 +673,10 @@ fn read_plain(
     Ok((parser, chunks))
 }
 
-/// Counts the compressed bytes read (progress of a gzip input).
-struct Counting<'c, R> {
-    inner: R,
-    progress: &'c AtomicU64,
+/// Counts the bytes read (progress of a gzip input: the compressed bytes).
+pub(crate) struct Counting<'c, R> {
+    pub inner: R,
+    pub progress: &'c AtomicU64,
 }
 
 impl<R: Read> Read for Counting<'_, R> {
@@ -711,6 +711,18 @@ fn fill(reader: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<bool> {
     Ok(false)
 }
 
+/// A gzip stream that fails to decode: located at the line being read (`buf` holds the text
+/// from line `line` + 1 on) and the field after the delimiters seen on it.
+pub(crate) fn gz_error(file: &Path, e: &std::io::Error, buf: &[u8], line: u64, delimiter: u8) -> Error {
+    let newlines = memchr::memchr_iter(b'\n', buf).count() as u64;
+    let tail_start = memchr::memrchr(b'\n', buf).map_or(0, |k| k + 1);
+    let column = 1 + memchr::memchr_iter(delimiter, &buf[tail_start..]).count() as u64;
+    Error::Parse {
+        at: Location { file: file.to_path_buf(), line: line + newlines + 1, column },
+        message: format!("truncated or corrupt gzip data ({e}); expected the rest of this line"),
+    }
+}
+
 fn read_gz(
     file: &Path,
     format: &Format,
@@ -730,15 +742,7 @@ fn read_gz(
     loop {
         let eof = match fill(&mut reader, &mut buf) {
             Ok(eof) => eof,
-            Err(e) => {
-                let newlines = memchr::memchr_iter(b'\n', &buf).count() as u64;
-                let tail_start = memchr::memrchr(b'\n', &buf).map_or(0, |k| k + 1);
-                let column = 1 + memchr::memchr_iter(delimiter, &buf[tail_start..]).count() as u64;
-                return Err(Error::Parse {
-                    at: Location { file: file.to_path_buf(), line: line + newlines + 1, column },
-                    message: format!("truncated or corrupt gzip data ({e}); expected the rest of this line"),
-                });
-            }
+            Err(e) => return Err(gz_error(file, &e, &buf, line, delimiter)),
         };
         seen_data |= buf.iter().any(|b| !b.is_ascii_whitespace());
         let cut = if eof { buf.len() } else { memchr::memrchr(b'\n', &buf).map_or(0, |k| k + 1) };

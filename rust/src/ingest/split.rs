@@ -33,7 +33,7 @@ pub struct Targets {
 }
 
 /// Last kept (non-skipped) position in `[1, before)`, or -1.
-fn last_kept(skips: &[u8], before: usize) -> i32 {
+pub(crate) fn last_kept(skips: &[u8], before: usize) -> i32 {
     (1..before.min(skips.len())).rev().find(|&i| skips[i] == 0).map_or(-1, |i| i as i32)
 }
 
@@ -48,39 +48,73 @@ pub fn compute(rule: SplitRule, offsets: &[i64], skips: &[u8], times: Option<&[i
                 .enumerate()
                 .with_min_len(1 << 12)
                 .for_each(|(s, (train_end, valid, test))| {
-                    let sk = session(s);
-                    let t = last_kept(sk, sk.len());
-                    let v = if t > 0 { last_kept(sk, t as usize) } else { -1 };
-                    (*test, *valid) = (t, v);
-                    *train_end = if v >= 0 {
-                        v
-                    } else if t >= 0 {
-                        t
-                    } else {
-                        sk.len() as i32
-                    };
+                    (*train_end, *valid, *test) = leave_last_out(session(s));
                 });
         }
         SplitRule::Temporal { valid_fraction, test_fraction } => {
-            let mut by_time: Vec<usize> = (0..n).collect();
-            if let Some(times) = times {
-                by_time.sort_by_key(|&s| times[offsets[s] as usize]);
-            }
-            let n_test = ((n as f64) * test_fraction).round() as usize;
-            let n_valid = (((n as f64) * valid_fraction).round() as usize).min(n - n_test);
-            for (rank, &s) in by_time.iter().enumerate() {
+            let first_time = times.map(|times| move |s: usize| times[offsets[s] as usize]);
+            temporal(n, valid_fraction, test_fraction, first_time, |s, part| {
                 let sk = session(s);
-                if rank >= n - n_test {
-                    out.test_target[s] = last_kept(sk, sk.len());
-                } else if rank >= n - n_test - n_valid {
-                    out.valid_target[s] = last_kept(sk, sk.len());
-                } else {
-                    out.train_end[s] = sk.len() as i32;
+                match part {
+                    Part::Test => out.test_target[s] = last_kept(sk, sk.len()),
+                    Part::Valid => out.valid_target[s] = last_kept(sk, sk.len()),
+                    Part::Train => out.train_end[s] = sk.len() as i32,
                 }
-            }
+            });
         }
     }
     out
+}
+
+/// (train_end, valid_target, test_target) of one session under the leave-last-out rule.
+#[inline]
+pub(crate) fn leave_last_out(skips: &[u8]) -> (i32, i32, i32) {
+    let t = last_kept(skips, skips.len());
+    let v = if t > 0 { last_kept(skips, t as usize) } else { -1 };
+    let train_end = if v >= 0 {
+        v
+    } else if t >= 0 {
+        t
+    } else {
+        skips.len() as i32
+    };
+    (train_end, v, t)
+}
+
+/// Where a session goes under the temporal rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Part {
+    Train,
+    Valid,
+    Test,
+}
+
+/// The temporal rule over `n` sessions: ordered by `first_time` (stable; file order without
+/// times), the last `test_fraction` are test sessions and the `valid_fraction` before them
+/// validation sessions. Calls `assign(session, part)` once per session, in time order.
+pub(crate) fn temporal(
+    n: usize,
+    valid_fraction: f64,
+    test_fraction: f64,
+    first_time: Option<impl Fn(usize) -> i64>,
+    mut assign: impl FnMut(usize, Part),
+) {
+    let mut by_time: Vec<usize> = (0..n).collect();
+    if let Some(first_time) = first_time {
+        by_time.sort_by_key(|&s| first_time(s));
+    }
+    let n_test = ((n as f64) * test_fraction).round() as usize;
+    let n_valid = (((n as f64) * valid_fraction).round() as usize).min(n - n_test);
+    for (rank, &s) in by_time.iter().enumerate() {
+        let part = if rank >= n - n_test {
+            Part::Test
+        } else if rank >= n - n_test - n_valid {
+            Part::Valid
+        } else {
+            Part::Train
+        };
+        assign(s, part);
+    }
 }
 
 #[cfg(test)]

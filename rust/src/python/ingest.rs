@@ -11,8 +11,10 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use super::to_py_err;
-use crate::ingest::{self as core, EventsSpec, Format, Options, Rules, Signal, SkipRule, SplitRule};
+use super::{to_py_err, BoundedMemory};
+use crate::ingest::{
+    self as core, EventsSpec, Format, Options, Rules, Signal, SkipRule, SplitRule, Streamed, Streaming,
+};
 
 /// Input bytes processed so far by a running `ingest` call.
 #[pyclass(frozen, module = "negrec_fast._core")]
@@ -78,6 +80,8 @@ fn input_bytes(paths: Vec<PathBuf>) -> PyResult<u64> {
 }
 
 /// Parses, labels, filters, encodes and splits the inputs; returns a dict of numpy arrays and counts.
+/// With `memory_limit` (bytes), runs in bounded memory, spilling to `work_dir`, and returns the
+/// row and session columns as files there (see `Streamed`).
 #[pyfunction]
 #[pyo3(name = "ingest", signature = (
     paths, format, *, skip_rule="skip_2", min_length=6, max_length=Some(20), min_remainder=5, require_skip=false,
@@ -85,7 +89,7 @@ fn input_bytes(paths: Vec<PathBuf>) -> PyResult<u64> {
     test_fraction=0.1, durations=None, session=None, user=None, item=None, timestamp=None,
     position=None, timestamp_unit="s", skip_column=None, ratio_column=None, play_time_column=None,
     duration_column=None, rating_column=None, threshold=None, delimiter=None, skip_bad_rows=false,
-    progress=None
+    progress=None, memory_limit=None, work_dir=None
 ))]
 #[allow(clippy::too_many_arguments)]
 fn run_ingest<'py>(
@@ -119,6 +123,8 @@ fn run_ingest<'py>(
     delimiter: Option<String>,
     skip_bad_rows: bool,
     progress: Option<PyRef<'py, IngestProgress>>,
+    memory_limit: Option<u64>,
+    work_dir: Option<PathBuf>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let timestamp_ms = match timestamp_unit {
         "s" => false,
@@ -174,6 +180,18 @@ fn run_ingest<'py>(
         durations,
     };
     let counter = progress.map_or_else(|| Arc::new(AtomicU64::new(0)), |p| p.done.clone());
+    if let Some(memory_limit) = memory_limit {
+        let work_dir =
+            work_dir.ok_or_else(|| PyValueError::new_err("memory_limit needs a work_dir for its spill files"))?;
+        let streaming = Streaming { memory_limit, work_dir };
+        let data = py
+            .detach(|| {
+                let _allocator = BoundedMemory::new();
+                core::run_streaming(&paths, &format, &options, &streaming, &counter)
+            })
+            .map_err(to_py_err)?;
+        return streamed(py, data);
+    }
     let data = py.detach(|| core::run(&paths, &format, &options, &counter)).map_err(to_py_err)?;
 
     let out = PyDict::new(py);
@@ -193,6 +211,31 @@ fn run_ingest<'py>(
     out.set_item("bad_rows", data.bad_rows)?;
     out.set_item("bytes", data.bytes)?;
     out.set_item("files", data.files.iter().map(|f| f.to_string_lossy().into_owned()).collect::<Vec<_>>())?;
+    Ok(out)
+}
+
+/// The result of a streaming ingest: the per-row and per-session columns as files, the rest as arrays.
+fn streamed(py: Python<'_>, data: Streamed) -> PyResult<Bound<'_, PyDict>> {
+    let out = PyDict::new(py);
+    let columns = PyDict::new(py);
+    for (name, path) in &data.columns {
+        columns.set_item(*name, path.to_string_lossy().into_owned())?;
+    }
+    out.set_item("columns", columns)?;
+    out.set_item("n_rows", data.n_rows)?;
+    out.set_item("n_sessions", data.n_sessions)?;
+    out.set_item("n_skipped", data.n_skipped)?;
+    out.set_item("n_valid", data.n_valid)?;
+    out.set_item("n_test", data.n_test)?;
+    out.set_item("vocab_data", data.vocab.data.into_pyarray(py))?;
+    out.set_item("vocab_offsets", data.vocab.offsets.into_pyarray(py))?;
+    out.set_item("counts", data.counts.into_pyarray(py))?;
+    out.set_item("rows_read", data.rows_read)?;
+    out.set_item("bad_rows", data.bad_rows)?;
+    out.set_item("bytes", data.bytes)?;
+    out.set_item("files", data.files.iter().map(|f| f.to_string_lossy().into_owned()).collect::<Vec<_>>())?;
+    out.set_item("partitions", data.partitions)?;
+    out.set_item("spilled_bytes", data.spilled_bytes)?;
     Ok(out)
 }
 
