@@ -57,6 +57,30 @@ def test_full_softmax_with_skip_penalty_matches_the_loop(penalty, w):
     assert got.item() > plain.item()
 
 
+@pytest.mark.parametrize("rec", ["full_softmax", "sampled_softmax", "bce"])
+@pytest.mark.parametrize("penalty", ["negatives", "unlikelihood"])
+def test_a_set_shared_by_each_sessions_rows_matches_the_loop(rec, penalty):
+    # row_groups = 3: rows 0-2 share session 0's set, rows 3-5 session 1's; the loop sees one set per row
+    torch.manual_seed(1)
+    query = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(12, 4, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([2, 4, 0, 5, 7, 9])
+    sessions = torch.tensor([[4, 5, 0], [9, 11, 0]])
+    cfg = LossConfig(rec=rec, skip_penalty=penalty, skip_weight=2.0, logq=False, backend="torch")
+    negatives, neg_logq = torch.tensor([3, 6, 8]), torch.zeros(3)
+    per_row = sessions.repeat_interleave(3, dim=0)
+    if rec == "full_softmax":
+        assert rec_loss(cfg, query, weight, targets, negatives, neg_logq, n_items=10, row_negatives=sessions,
+                        row_groups=3).item() == pytest.approx(_loop_loss(query, weight, targets, per_row, penalty, 2.0),
+                                                              rel=1e-6)
+    grads = []
+    for kwargs in (dict(row_negatives=sessions, row_groups=3), dict(row_negatives=per_row)):
+        loss = rec_loss(cfg, query, weight, targets, negatives, neg_logq, n_items=10, **kwargs)
+        grads.append((loss.detach(), *torch.autograd.grad(loss, (query, weight))))
+    for shared, expanded in zip(*grads):
+        torch.testing.assert_close(shared, expanded)
+
+
 def test_binary_losses_add_weighted_softplus_of_the_skipped_items():
     torch.manual_seed(0)
     query, weight = torch.randn(2, 4, dtype=torch.float64), torch.randn(12, 4, dtype=torch.float64)

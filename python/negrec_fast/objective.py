@@ -106,8 +106,8 @@ class Objective:
         else:
             row_negatives = None
             if self.cfg.skip_penalty != "none":
-                skipped = session_skipped_items(items, skips)  # [B, L]: every prediction of a row shares them
-                row_negatives = skipped[:, None, :].expand(-1, targets.shape[1], -1).reshape(-1, skipped.shape[1])
+                # [B, L]: every prediction of a row shares them (row_groups = its predictions)
+                row_negatives = session_skipped_items(items, skips)
             rec = rec_loss(
                 self.cfg,
                 query.reshape(-1, d),
@@ -118,6 +118,7 @@ class Objective:
                 n_items=self.n_items,
                 item_log_freq=self.item_log_freq,
                 row_negatives=row_negatives,
+                row_groups=targets.shape[1],
             )
         extra = rec.new_zeros(())
         if self.pnfrec:

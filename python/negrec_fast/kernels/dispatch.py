@@ -48,6 +48,7 @@ def rec_loss(
     n_items: int,
     item_log_freq: Tensor | None = None,
     row_negatives: Tensor | None = None,
+    row_groups: int = 1,
     compact: bool | None = None,
 ) -> Tensor:
     """The main recommendation loss over ``[N, d]`` queries; ``targets == 0`` rows are ignored.
@@ -57,12 +58,19 @@ def rec_loss(
     (``pi_c``: inclusion probability) and ``log(N p_c)`` for the N in-batch targets, ``p_c`` being the
     item's frequency among training targets (``item_log_freq``), the positive included.
     ``row_negatives``: ``[N, M]`` each row's session-skipped items (0 = none), used as
-    ``cfg.skip_penalty`` says (``negrec_fast.losses.skip_penalty``).
+    ``cfg.skip_penalty`` says (``negrec_fast.losses.skip_penalty``); with ``row_groups = G`` it is
+    ``[N / G, M]``, one set per run of G consecutive rows (a session's predictions).
     ``compact`` drops padding rows first (default: on CPU only).
     """
     triton = use_triton(cfg.backend, query)
     if compact is None:
         compact = not query.is_cuda
+    penalty = "none" if row_negatives is None else cfg.skip_penalty
+    skip_logits = None  # [N, M], scored while each session's rows are still consecutive
+    if penalty != "none" and cfg.rec != "bpr":
+        skip_logits = skip_penalty.row_negative_logits(query, item_weight, targets, row_negatives, row_groups)
+    if row_negatives is not None and row_groups > 1:
+        row_negatives = row_negatives.repeat_interleave(row_groups, dim=0)
     if compact:
         # On CPU, dropping padding rows up front is free and halves the in-batch work; on GPU
         # the shapes stay static (no host sync, CUDA-graph friendly) and masks do the work.
@@ -70,7 +78,8 @@ def rec_loss(
         query, targets = query[keep], targets[keep]
         if row_negatives is not None:
             row_negatives = row_negatives[keep]
-    penalty = "none" if row_negatives is None else cfg.skip_penalty
+        if skip_logits is not None:
+            skip_logits = skip_logits[keep]
     reduction = "mean" if penalty == "none" else "none"
     target_logq = None
     if cfg.rec == "sampled_softmax":
@@ -90,7 +99,7 @@ def rec_loss(
             per_row = fused_sampled_softmax_loss(query, item_weight, targets, negatives, reduction=reduction, **kwargs)
         else:
             per_row = losses.sampled_softmax_loss(query, item_weight, targets, negatives, reduction=reduction, **kwargs)
-        return _skip_penalty(cfg, penalty, per_row, query, item_weight, targets, row_negatives, target_logq)
+        return _skip_penalty(cfg, penalty, per_row, query, item_weight, targets, skip_logits, target_logq)
     if cfg.rec == "full_softmax":
         kwargs = dict(temperature=cfg.temperature, reduction=reduction)
         if triton:
@@ -99,15 +108,15 @@ def rec_loss(
             per_row = fused_linear_cross_entropy_loss(query, item_weight, targets, **kwargs)
         else:
             per_row = losses.full_softmax_loss(query, item_weight, targets, **kwargs)
-        return _skip_penalty(cfg, penalty, per_row, query, item_weight, targets, row_negatives, None)
+        return _skip_penalty(cfg, penalty, per_row, query, item_weight, targets, skip_logits, None)
     if cfg.rec == "bce":
         per_row = losses.bce_loss(query / cfg.temperature, item_weight, targets, negatives, reduction=reduction)
-        return _skip_penalty(cfg, penalty, per_row, query, item_weight, targets, row_negatives, None)
+        return _skip_penalty(cfg, penalty, per_row, query, item_weight, targets, skip_logits, None)
     if cfg.rec == "gbce":
         per_row = losses.gbce_loss(
             query / cfg.temperature, item_weight, targets, negatives, n_items=n_items, t=cfg.gbce_t, reduction=reduction
         )
-        return _skip_penalty(cfg, penalty, per_row, query, item_weight, targets, row_negatives, None)
+        return _skip_penalty(cfg, penalty, per_row, query, item_weight, targets, skip_logits, None)
     if cfg.rec == "bpr":  # both penalties make the skipped items extra negatives of the row, as for BCE
         return losses.bpr_loss(
             query / cfg.temperature,
@@ -122,13 +131,13 @@ def rec_loss(
     raise ConfigError(f"loss.rec {cfg.rec!r} is not a known loss")
 
 
-def _skip_penalty(cfg, penalty, per_row, query, item_weight, targets, row_negatives, target_logq) -> Tensor:
-    """Mean loss over valid rows, with the row negatives used as ``penalty`` says, each weighing
-    ``cfg.skip_weight``."""
+def _skip_penalty(cfg, penalty, per_row, query, item_weight, targets, skip_logits, target_logq) -> Tensor:
+    """Mean loss over valid rows, with the row negatives (their logits ``skip_logits``) used as
+    ``penalty`` says, each weighing ``cfg.skip_weight``."""
     if penalty == "none":
         return per_row
     valid = targets != 0
-    skip_logits = skip_penalty.row_negative_logits(query, item_weight, targets, row_negatives) / cfg.temperature
+    skip_logits = skip_logits / cfg.temperature
     if cfg.rec in ("bce", "gbce"):  # both penalties are the same for a binary loss: more negatives
         extra = torch.where(torch.isneginf(skip_logits), 0.0, F.softplus(skip_logits)).sum(dim=1)
         return reduce_rows(torch.where(valid, per_row + cfg.skip_weight * extra, 0.0), valid, "mean")

@@ -32,11 +32,21 @@ def session_skipped_items(items: Tensor, skips: Tensor, pad_index: int = 0) -> T
     return skipped.masked_fill(repeat, 0)
 
 
-def row_negative_logits(query: Tensor, item_weight: Tensor, targets: Tensor, row_negatives: Tensor) -> Tensor:
+def row_negative_logits(
+    query: Tensor, item_weight: Tensor, targets: Tensor, row_negatives: Tensor, groups: int = 1
+) -> Tensor:
     """``[N, M]`` logits ``query[n] . item_weight[row_negatives[n, m]]``; ``-inf`` where the id is
-    0 or the row's target."""
-    logits = torch.einsum("nd,nmd->nm", query.float(), gather_rows(item_weight, row_negatives).float())
-    unused = (row_negatives == 0) | (row_negatives == targets[:, None])
+    0 or the row's target.
+
+    With ``groups > 1``, ``row_negatives`` is ``[N / groups, M]``: each run of ``groups``
+    consecutive rows shares one set (a session's predictions share its skipped items), whose
+    embeddings are gathered once and scored with one batched matmul instead of once per row.
+    """
+    n, d = query.shape
+    table = gather_rows(item_weight, row_negatives).float()  # [N / groups, M, d]
+    logits = torch.bmm(query.float().reshape(-1, groups, d), table.transpose(1, 2)).reshape(n, -1)
+    ids = row_negatives.repeat_interleave(groups, dim=0) if groups > 1 else row_negatives
+    unused = (ids == 0) | (ids == targets[:, None])
     return logits.masked_fill(unused, float("-inf"))
 
 
