@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -332,3 +333,24 @@ def test_patience_counts_epochs_of_steps_since_the_best_validation(dataset_dir, 
             best_step, best_score = r["step"], r["valid"]["NDCG@10"]
         gaps.append(r["step"] - best_step)
     assert gaps[-1] >= n_batches and all(g < n_batches for g in gaps[:-1])
+
+
+def test_profile_splits_each_step_into_phases(dataset_dir, tmp_path):
+    result = train(overrides=tiny(dataset_dir, tmp_path / "prof", "train.profile=true", "train.epochs=1"))
+    part = train(overrides=tiny(dataset_dir, tmp_path / "part", "train.profile=true", "train.max_steps=3"))
+    saved = json.loads((result.run_dir / "profile.json").read_text())
+    epoch = result.history[0]["profile"]
+    assert saved["epochs"] == [epoch] and saved["unfinished_epoch"] is None
+    assert epoch["steps"] == result.history[0]["step"]
+    phases = [epoch[f"{p}_ms"] for p in ("data", "forward", "loss", "backward", "optimizer")]
+    assert all(p > 0 for p in phases) and sum(phases) == pytest.approx(epoch["step_ms"])
+    # the phases cover the training steps only: their sum is within the epoch's training time
+    assert epoch["step_ms"] * epoch["steps"] / 1000 <= result.history[0]["seconds"]
+    ds = load_dataset(dataset_dir)
+    # targets: each session's kept training plays after its first (sessions of <= 21 plays: one window)
+    assert max(np.diff(ds.offsets)) <= 21
+    targets = sum(int((ds.session(k)[1][1:int(ds.train_end[k])] == 0).sum()) for k in range(ds.n_sessions))
+    assert epoch["targets_per_s"] * epoch["step_ms"] * epoch["steps"] / 1000 == pytest.approx(targets)
+    unfinished = json.loads((part.run_dir / "profile.json").read_text())["unfinished_epoch"]
+    assert unfinished["steps"] == 3
+    assert not (train(overrides=tiny(dataset_dir, tmp_path / "off", "train.max_steps=2")).run_dir / "profile.json").exists()

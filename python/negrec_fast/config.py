@@ -121,6 +121,9 @@ class TrainConfig:
     eval_every: int = 0
     checkpoint_every: int = 0  # also save `last.pt` every N batches mid-epoch; 0 = per epoch only
     max_steps: int = 0  # stop (resumably) after N optimizer steps in this invocation; 0 = no limit
+    # time each step's phases (data, forward, loss, backward, optimizer; negrec_fast.profiling):
+    # in each epoch's record and in RUN_DIR/profile.json; synchronises the device at each phase
+    profile: bool = False
     prefetch: int = 4
     progress: bool = True
     # intra-op CPU threads; 0 = torch's count when the run starts. The resolved count is written

@@ -53,6 +53,7 @@ from negrec_fast.kernels.dispatch import rec_loss, skip_infonce
 from negrec_fast.losses.pnfrec import next_skipped, pnfrec_contrastive
 from negrec_fast.losses.sine import interest_dcor, kept_plays, passed_over, sine_rank_loss
 from negrec_fast.losses.skip_penalty import session_skipped_items
+from negrec_fast.profiling import StepProfile
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Objective:
         self.mask_prob = mask_prob
         self.n_items = n_items
         self.item_log_freq = item_log_freq
+        self.profile: StepProfile | None = None  # train.profile: marks the end of the forward pass
 
     def __call__(self, model: torch.nn.Module, batch: BatchTensors, generator: torch.Generator | None = None):
         """Returns ``(total, rec, nce)``; ``nce`` is a zero tensor when the term is off."""
@@ -100,6 +102,8 @@ class Objective:
         if self.cfg.skipped_targets == "ignore":
             targets = targets.masked_fill(target_skips, 0)
         query = model.project(hidden)
+        if self.profile is not None:
+            self.profile.mark("forward")
         d = query.shape[-1]
         if self.cfg.rec == "wrmf":  # model "wrmf": its own objective, every prefix a user (module docstring)
             rec = model.objective(items, skips)
@@ -166,8 +170,11 @@ class Objective:
         inputs = kept[:, :-1]
         targets = kept[:, 1:].masked_fill(inputs == 0, 0)
         picks = torch.randint(len(batch.negatives), targets.shape, generator=generator, device=targets.device)
+        hidden = model(inputs)
+        if self.profile is not None:
+            self.profile.mark("forward")
         bpr, passive = sine_rank_loss(
-            model(inputs), model.item_weight, targets, batch.negatives[picks], *passed_over(batch.items, batch.skips)
+            hidden, model.item_weight, targets, batch.negatives[picks], *passed_over(batch.items, batch.skips)
         )
         rec = bpr + self.cfg.sine_skip_weight * passive
         dcor = interest_dcor(model.interests)

@@ -32,6 +32,7 @@ from negrec_fast.evaluation import evaluate_model
 from negrec_fast.models import build_model_for
 from negrec_fast.objective import BatchTensors, Objective
 from negrec_fast.optim import build_optimizer
+from negrec_fast.profiling import StepProfile, prediction_targets
 from negrec_fast.progress import Progress
 from negrec_fast.run_folder import (
     CHECKPOINT_FORMAT,
@@ -168,6 +169,10 @@ class Trainer:
             item_log_freq=target_log_frequency(self.dataset, cfg.loss.skipped_targets).to(self.device),
         )
         self.mask_generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 1)
+        self.profile: StepProfile | None = None  # train.profile: this epoch's step phases
+        self.profiles: list[dict[str, Any]] = []  # finished epochs' summaries, this invocation
+        if cfg.train.profile:
+            self.objective.profile = self.profile = StepProfile(self.device)
         self.epoch, self.batch, self.step = 0, 0, 0
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
@@ -291,7 +296,11 @@ class Trainer:
             with Progress(n_batches, "batch", desc, disable=not (cfg.progress and self.main)) as bar:
                 bar.count = self.batch
                 tic = time.perf_counter()
+                if self.profile is not None:
+                    self.profile.restart()
                 for batch in _batches(self.loader, self.epoch, self.batch):
+                    if self.profile is not None:
+                        self.profile.mark("data")
                     # losses stay on the device: no host synchronisation per step
                     self.loss_sums += self._train_step(batch)
                     self.batch += 1
@@ -312,16 +321,27 @@ class Trainer:
                     if cfg.max_steps and steps_this_call >= cfg.max_steps:
                         self.epoch_sums["seconds"] += time.perf_counter() - tic
                         self._save_last()
+                        self._write_profile()
                         return self._result(completed=False)
                     if cfg.checkpoint_every and self.batch % cfg.checkpoint_every == 0 and self.batch < n_batches:
                         self.epoch_sums["seconds"] += time.perf_counter() - tic
                         tic = time.perf_counter()
                         self._save_last()
+                    if self.profile is not None:  # the bar, validation and checkpoints are no phase
+                        self.profile.restart()
                 else:  # the epoch ran to its end
                     self.epoch_sums["seconds"] += time.perf_counter() - tic
                     stopped = self._end_epoch()
+        self._write_profile()
         test = self._final_test()
         return self._result(completed=True, test=test)
+
+    def _write_profile(self) -> None:
+        """``train.profile``: this invocation's epochs (and the unfinished one) to profile.json."""
+        if self.profile is None or not self.main:
+            return
+        current = self.profile.summary() if self.profile.steps else None
+        write_json(self.run_dir / "profile.json", {"epochs": self.profiles, "unfinished_epoch": current})
 
     def _train_step(self, batch) -> torch.Tensor:
         """One optimizer step; returns ``[total, rec, nce]`` losses (float64, on the device)."""
@@ -332,17 +352,25 @@ class Trainer:
             negatives=batch.negatives.to(dev, non_blocking=True),
             neg_logq=batch.neg_logq.to(dev, non_blocking=True),
         )
+        profile = self.profile
         autocast = dev.type == "cuda" and self.cfg.train.bf16
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
             if self.ddp is None:
                 total, rec, nce = self.objective(self.model, tensors, self.mask_generator)
             else:  # the global batch's losses; DDP averages the ranks' gradients (negrec_fast.distributed)
                 total, rec, nce = self.ddp(tensors.items, tensors.skips, tensors.negatives, tensors.neg_logq)
+        if profile is not None:
+            profile.mark("loss")
         self.optimizer.zero_grad(set_to_none=True)
         (total * self.world.size).backward()
+        if profile is not None:
+            profile.mark("backward")
         if self.cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.optimizer.step()
+        if profile is not None:
+            profile.mark("optimizer")
+            profile.count(int(batch.items.shape[0]), prediction_targets(batch.items, batch.skips))
         return torch.stack([total.detach(), rec.detach(), nce.detach()]).double()
 
     def _reset_epoch_sums(self) -> None:
@@ -372,6 +400,10 @@ class Trainer:
             "seconds": sums["seconds"],
             "sequences_per_s": sums["sequences"] / sums["seconds"] if sums["seconds"] > 0 else None,
         }
+        if self.profile is not None:
+            record["profile"] = self.profile.summary()
+            self.profiles.append(record["profile"])
+            self.objective.profile = self.profile = StepProfile(self.device)
         improved = self._validate(record) if self.main else None
         record, improved, self.best = self.world.broadcast((record, improved, self.best))
         self.history.append(record)
