@@ -12,6 +12,7 @@ Run: `pytest benches/bench_ingest_command.py --benchmark-only`.
 
 from __future__ import annotations
 
+import json
 import shutil
 import statistics
 import subprocess
@@ -71,3 +72,31 @@ def test_prepare_command_vs_polars_script(benchmark, mssd_log, tmp_path):
                                 **{f"{name}_median_s": round(m, 3) for name, m in median.items()},
                                 speedup_vs_polars=round(median["polars"] / median["negrec_fast"], 2))
     shutil.rmtree(out, ignore_errors=True)
+
+
+FIRST_CALL_SCRIPT = """
+import json, sys, time
+from negrec_fast.data import prepare
+times = []
+for i in range(4):
+    tic = time.perf_counter()
+    prepare(sys.argv[1], f"{sys.argv[2]}/{i}", format="mssd", overwrite=True, progress=False)
+    times.append(time.perf_counter() - tic)
+print(json.dumps(times))
+"""
+
+
+def test_first_call_in_a_process_vs_later_calls(benchmark, mssd_log, tmp_path):
+    """Issue 13 target: a process's first `prepare` call within 1.5x of its later ones (fresh
+    process per round; the ratio is the first call over the median of the three later ones)."""
+    ratios: list[float] = []
+
+    def one_process():
+        out = subprocess.run([sys.executable, "-c", FIRST_CALL_SCRIPT, str(mssd_log), str(tmp_path)], check=True,
+                             capture_output=True, text=True).stdout
+        first, *later = json.loads(out)
+        ratios.append(first / statistics.median(later))
+
+    benchmark.pedantic(one_process, rounds=ROUNDS, iterations=1)
+    benchmark.extra_info.update(rows=ROWS, first_over_later=[round(r, 2) for r in ratios],
+                                median_first_over_later=round(statistics.median(ratios), 2))
