@@ -15,7 +15,7 @@ COLUMNS = (("HR@10", "HR@10"), ("NDCG@10", "NDCG@10"), ("skip_MRR@10", "skip_MRR
            ("HR@10_gap", "HR@10 kept − skipped"))
 
 
-def short_name(label: str) -> str:
+def short_name(label: str, usual_epochs: str | None = None) -> str:
     keys = dict(part.split("=", 1) for part in label.split(", "))
     name = MODELS[keys["model.name"]]
     extras = []
@@ -29,7 +29,7 @@ def short_name(label: str) -> str:
             extras.append(f"skip penalty {penalty}")
         if float(keys.get("loss.nce_weight", 0.1)) > 0:
             extras.append(f"+ InfoNCE λ={float(keys['loss.nce_weight']):g}")
-    if "train.epochs" in keys:
+    if keys.get("train.epochs", usual_epochs) != usual_epochs:
         extras.append(f"at most {keys['train.epochs']} epochs")
     return name + (f" ({', '.join(extras)})" if extras else "")
 
@@ -39,7 +39,9 @@ def table(out: Path) -> str:
         rows = list(csv.DictReader(fh))
     lines = ["| variant | " + " | ".join(title for _, title in COLUMNS) + " |",
              "|---|" + "---|" * len(COLUMNS)]
-    for r in sorted(rows, key=lambda r: short_name(r["variant"])):
+    epochs = [dict(p.split("=", 1) for p in r["variant"].split(", ")).get("train.epochs") for r in rows]
+    usual = max(set(epochs), key=epochs.count)  # the grid's budget; only other budgets are named
+    for r in sorted(rows, key=lambda r: short_name(r["variant"], usual)):
         cells = []
         for metric, _ in COLUMNS:
             if not r.get(f"{metric}_mean"):  # e.g. no held-out skipped tracks: no skip metrics
@@ -49,7 +51,7 @@ def table(out: Path) -> str:
             if r.get(f"{metric}_p"):
                 cell += f" (p={float(r[f'{metric}_p']):.2g})"
             cells.append(cell)
-        lines.append(f"| {short_name(r['variant'])} | " + " | ".join(cells) + " |")
+        lines.append(f"| {short_name(r['variant'], usual)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
