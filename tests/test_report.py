@@ -92,3 +92,30 @@ def test_report_cli_and_errors(runs, tmp_path, capsys):
         build_report(load_runs([dirs[0], dirs[0]]))
     with pytest.raises(ConfigError, match="--base must be section.key=value"):
         build_report(load_runs(dirs), base="nce_weight")
+
+
+def test_long_labels_keep_the_keys_set_away_from_each_models_defaults():
+    from pathlib import Path
+
+    from negrec_fast.config import load_config
+    from negrec_fast.report import LABEL_CHARS, Run, group_variants
+
+    def run(*overrides: str) -> Run:
+        cfg = load_config(overrides=list(overrides)).to_dict()
+        flat = {f"{s}.{k}": v for s, values in cfg.items() for k, v in values.items()}
+        return Run(Path("/none"), flat, {}, [])
+
+    grid = [(), ("loss.nce_weight=0",), ("model.name=bpr",), ("model.name=pnfrec", "model.pnfrec_fusion=gate"),
+            ("model.skip_inputs=true", "loss.skip_penalty=none", "loss.nce_weight=0")]
+    variants = group_variants([run(*o) for o in grid])
+    # every key that differs somewhere: model.name, loss.rec (bpr's own loss), loss.nce_weight,
+    # loss.skip_penalty, model.pnfrec_fusion, model.skip_inputs; written out, too long
+    assert len(", ".join(f"{k}=x" for k in ("model.name", "loss.rec", "loss.nce_weight", "loss.skip_penalty",
+                                            "model.pnfrec_fusion", "model.skip_inputs"))) > LABEL_CHARS
+    assert [v.label for v in variants] == [
+        "model.name=sasrec",
+        "loss.nce_weight=0.0, model.name=sasrec",
+        "model.name=bpr",  # its loss (bpr) is its default: not named
+        "model.name=pnfrec, model.pnfrec_fusion=gate",  # pnfrec's defaults: no penalty, no InfoNCE
+        "loss.nce_weight=0.0, loss.skip_penalty=none, model.name=sasrec, model.skip_inputs=True",
+    ]

@@ -10,13 +10,21 @@ import csv
 import sys
 from pathlib import Path
 
+from negrec_fast.config import load_config
+
 MODELS = {"sasrec": "SASRec", "bert4rec": "BERT4Rec", "bpr": "BPR-MF", "wrmf": "WRMF", "sine": "SINE", "pnfrec": "PNFRec"}
 COLUMNS = (("HR@10", "HR@10"), ("NDCG@10", "NDCG@10"), ("skip_MRR@10", "skip_MRR@10 (lower is better)"),
            ("HR@10_gap", "HR@10 kept − skipped"))
 
 
 def short_name(label: str, usual_epochs: str | None = None) -> str:
-    keys = dict(part.split("=", 1) for part in label.split(", "))
+    keys = dict(part.split("=", 1) for part in label.split(", ") if "=" in part)
+    model = keys.setdefault("model.name", "sasrec")
+    # a long label names only the keys set away from the model's defaults
+    defaults = load_config(overrides=[f"model.name={model}"])
+    for key in ("loss.nce_weight", "loss.skip_penalty", "model.skip_inputs", "model.pnfrec_fusion", "train.epochs"):
+        section, name = key.split(".")
+        keys.setdefault(key, str(getattr(getattr(defaults, section), name)))
     name = MODELS[keys["model.name"]]
     extras = []
     if keys.get("model.skip_inputs") == "True":
@@ -39,7 +47,8 @@ def table(out: Path) -> str:
         rows = list(csv.DictReader(fh))
     lines = ["| variant | " + " | ".join(title for _, title in COLUMNS) + " |",
              "|---|" + "---|" * len(COLUMNS)]
-    epochs = [dict(p.split("=", 1) for p in r["variant"].split(", ")).get("train.epochs") for r in rows]
+    epochs = [dict(p.split("=", 1) for p in r["variant"].split(", ") if "=" in p).get("train.epochs", "100")
+              for r in rows]
     usual = max(set(epochs), key=epochs.count)  # the grid's budget; only other budgets are named
     for r in sorted(rows, key=lambda r: short_name(r["variant"], usual)):
         cells = []

@@ -2,7 +2,8 @@
 
 Runs whose configs differ only in ``train.seed`` (and in keys that do not change what is
 trained: run folder, device, threads, progress) are one *variant*; a variant is named by the
-config keys in which it differs from the others. ``results.csv`` / ``results.md`` hold each test
+config keys in which it differs from the others (when that gets long, by those it sets away from
+its model's defaults: ``defaults`` if none). ``results.csv`` / ``results.md`` hold each test
 metric's mean ± std over seeds, the best value of each column marked (lower is better for
 ``skip_MRR@K``), and with ``base="key=value"`` the relative change of every variant over its
 base (the variant equal to it except ``key = value``) with a two-sided paired t-test over the
@@ -13,6 +14,7 @@ variant, and the early-stopping validation metric per epoch.
 from __future__ import annotations
 
 import csv
+import functools
 import importlib.util
 import json
 import math
@@ -27,6 +29,9 @@ from negrec_fast.errors import ConfigError, InputError
 # keys that say nothing about what a run trained
 IGNORED = frozenset({"train.seed", "train.progress", "train.threads", "train.device", "train.prefetch",
                      "train.checkpoint_every", "train.max_steps", "run.dir", "run.name", "run.tensorboard"})
+
+
+LABEL_CHARS = 60  # longer variant labels keep only the keys set away from the model's defaults
 
 
 @dataclass
@@ -80,9 +85,27 @@ def group_variants(runs: list[Run]) -> list[Variant]:
         variant.runs.append(run)
     variants = list(groups.values())
     differing = sorted(k for k in variants[0].config if len({repr(v.config.get(k)) for v in variants}) > 1)
-    for v in variants:
-        v.label = ", ".join(f"{k}={v.config.get(k)}" for k in differing) or "all runs"
+    if not differing:
+        variants[0].label = "all runs"
+        return variants
+    full = [", ".join(f"{k}={v.config.get(k)}" for k in differing) for v in variants]
+    for v, label in zip(variants, full):
+        if max(map(len, full)) <= LABEL_CHARS:
+            v.label = label
+            continue
+        # long: the model when models differ, and each differing key this variant sets away from
+        # its model's default (unique: two variants default on every differing key are one config)
+        defaults = _model_defaults(v.config.get("model.name"))
+        shown = [k for k in differing if k == "model.name" or v.config.get(k) != defaults.get(k)]
+        v.label = ", ".join(f"{k}={v.config.get(k)}" for k in shown) or "defaults"
     return variants
+
+
+@functools.lru_cache(maxsize=None)
+def _model_defaults(model: str | None) -> dict[str, Any]:
+    """The flat default config of ``model`` (model-specific defaults resolved, e.g. its loss)."""
+    cfg = load_config(overrides=[f"model.name={model}"] if model else []).to_dict()
+    return {f"{s}.{k}": v for s, values in cfg.items() for k, v in values.items()}
 
 
 def paired_t_test(a: list[float], b: list[float]) -> float:
@@ -230,24 +253,31 @@ def _plots(report: Report, out: Path) -> list[Path]:
     written = []
     ranked = [m for m in report.metrics if m.split("@")[0] in ("HR", "NDCG") and m.count("@") == 1
               and m.split("@")[1].isdigit()]
+    # variant labels can be long: they go on the y axis of horizontal bars, and legends below
+    height = 1.2 + 0.3 * len(labels)
     if ranked:
-        fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(ranked) * len(labels) / 2), 4))
-        width = 0.8 / len(labels)
-        for i, r in enumerate(report.rows):
-            xs = [j + i * width for j in range(len(ranked))]
-            ax.bar(xs, [r[f"{m}_mean"] for m in ranked], width, yerr=[r[f"{m}_std"] for m in ranked], label=r["variant"])
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(ranked))], ranked)
-        ax.set_ylabel("test (mean ± std over seeds)")
-        ax.legend(fontsize="small")
+        fig, axes = plt.subplots(1, len(ranked), figsize=(3 + 2.2 * len(ranked), height), sharey=True, squeeze=False,
+                                 layout="constrained")
+        for ax, m in zip(axes[0], ranked):
+            ax.barh(range(len(labels)), [r[f"{m}_mean"] for r in report.rows],
+                    xerr=[r[f"{m}_std"] for r in report.rows], color="tab:blue")
+            ax.set_title(m, fontsize="medium")
+            ax.invert_yaxis()
+        axes[0][0].set_yticks(range(len(labels)), labels, fontsize="small")
+        fig.supxlabel("test (mean ± std over seeds)", fontsize="small")
         written.append(_save(fig, out / "ranking_metrics.png"))
     if "skip_MRR@10" in report.metrics:
-        fig, ax = plt.subplots(figsize=(max(5, len(labels) * 1.2), 4))
-        ax.bar(range(len(labels)), [r["skip_MRR@10_mean"] for r in report.rows],
-               yerr=[r["skip_MRR@10_std"] for r in report.rows])
-        ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize="small")
-        ax.set_ylabel("test skip_MRR@10 (lower is better)")
+        fig, ax = plt.subplots(figsize=(8, height), layout="constrained")
+        ax.barh(range(len(labels)), [r["skip_MRR@10_mean"] for r in report.rows],
+                xerr=[r["skip_MRR@10_std"] for r in report.rows], color="tab:red")
+        ax.set_yticks(range(len(labels)), labels, fontsize="small")
+        ax.invert_yaxis()
+        ax.set_xlabel("test skip_MRR@10 of held-out skipped tracks (lower is better)")
         written.append(_save(fig, out / "skip_mrr.png"))
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
+    if len(labels) > 10:  # the default cycle repeats after 10
+        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
+    metrics = {v.config.get("train.early_stopping_metric", "NDCG@10") for v in report.variants}
     for v in report.variants:
         metric = v.config.get("train.early_stopping_metric", "NDCG@10")
         # x = epochs trained: a validation within an epoch (train.eval_every) sits at its fraction
@@ -258,17 +288,17 @@ def _plots(report: Report, out: Path) -> list[Path]:
                     x = round(h["epoch"] - 1 + h.get("epoch_progress", 1.0), 4)
                     by_x.setdefault(x, []).append(h["valid"][metric])
         xs = sorted(by_x)
-        ax.plot(xs, [statistics.mean(by_x[x]) for x in xs], marker="o", markersize=3, label=f"{v.label} ({metric})")
+        label = v.label if len(metrics) == 1 else f"{v.label} ({metric})"
+        ax.plot(xs, [statistics.mean(by_x[x]) for x in xs], marker="o", markersize=3, label=label)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation (mean over seeds)")
-    ax.legend(fontsize="small")
+    ax.set_ylabel(f"validation {metrics.pop() if len(metrics) == 1 else 'metric'} (mean over seeds)")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     written.append(_save(fig, out / "validation_curves.png"))
     return written
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # "tight": long labels and outside legends fit
     import matplotlib.pyplot as plt
 
     plt.close(fig)
