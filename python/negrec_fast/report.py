@@ -255,8 +255,9 @@ def _plots(report: Report, out: Path) -> list[Path]:
               and m.split("@")[1].isdigit()]
     # variant labels can be long: they go on the y axis of horizontal bars, and legends below
     height = 1.2 + 0.3 * len(labels)
+    label_width = 0.07 * max(map(len, labels))  # inches the y-axis labels take at "small" size
     if ranked:
-        fig, axes = plt.subplots(1, len(ranked), figsize=(3 + 2.2 * len(ranked), height), sharey=True, squeeze=False,
+        fig, axes = plt.subplots(1, len(ranked), figsize=(label_width + 2.2 * len(ranked), height), sharey=True, squeeze=False,
                                  layout="constrained")
         for ax, m in zip(axes[0], ranked):
             ax.barh(range(len(labels)), [r[f"{m}_mean"] for r in report.rows],
@@ -267,7 +268,7 @@ def _plots(report: Report, out: Path) -> list[Path]:
         fig.supxlabel("test (mean ± std over seeds)", fontsize="small")
         written.append(_save(fig, out / "ranking_metrics.png"))
     if "skip_MRR@10" in report.metrics:
-        fig, ax = plt.subplots(figsize=(8, height), layout="constrained")
+        fig, ax = plt.subplots(figsize=(label_width + 5, height), layout="constrained")
         ax.barh(range(len(labels)), [r["skip_MRR@10_mean"] for r in report.rows],
                 xerr=[r["skip_MRR@10_std"] for r in report.rows], color="tab:red")
         ax.set_yticks(range(len(labels)), labels, fontsize="small")
