@@ -44,8 +44,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from itertools import product
 from pathlib import Path
@@ -54,7 +53,7 @@ from typing import Any, TextIO
 from negrec_fast.config import Config, LossConfig, _parse_value, apply_overrides, load_config, read_toml
 from negrec_fast.errors import ConfigError
 from negrec_fast.report import IGNORED, build_report, load_runs, write_report
-from negrec_fast.run_folder import dataset_path, resolve_device, write_json
+from negrec_fast.run_folder import dataset_path, folder_lock, resolve_device, write_json
 from negrec_fast.training import RESUME_OVERRIDES, EpochCallback, _samples_negatives, train
 
 BUILTIN_GRIDS: dict[str, dict[str, Any]] = {
@@ -414,7 +413,7 @@ def run_experiment(
     runs = plan(grid, out, config=config, data=data, overrides=overrides, seeds=seeds)
     out.mkdir(parents=True, exist_ok=True)
     result = ExperimentResult(out, runs)
-    with _lock(out):
+    with folder_lock(out, f"experiment folder {out} is in use by another negrec-fast experiment"):
         write_json(out / "experiment.json", _record(grid, runs, config, data, overrides))
         total = len(runs)
         for i, run in enumerate(runs, start=1):
@@ -586,17 +585,3 @@ def _flat_config(cfg: Config) -> dict[str, Any]:
     return {f"{f.name}.{k}": v for f in fields(cfg) for k, v in getattr(cfg, f.name).__dict__.items()}
 
 
-@contextmanager
-def _lock(folder: Path) -> Iterator[None]:
-    """One experiment process per folder (where fcntl exists)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    with open(folder / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"experiment folder {folder} is in use by another negrec-fast experiment") from None
-        yield

@@ -387,19 +387,7 @@ class Trainer:
     def _end_epoch(self) -> bool:
         """Validate (rank 0), checkpoint, log; returns True when early stopping says stop (rank 0's
         decisions hold on every rank)."""
-        sums = self.epoch_sums
-        n = max(sums["batches"], 1)
-        self._mean_loss()  # raises on a non-finite loss
-        loss, rec, nce = (self.loss_sums / n).tolist()
-        record: dict[str, Any] = {
-            "epoch": self.epoch + 1,
-            "step": self.step,
-            "train_loss": loss,
-            "rec_loss": rec,
-            "nce_loss": nce,
-            "seconds": sums["seconds"],
-            "sequences_per_s": sums["sequences"] / sums["seconds"] if sums["seconds"] > 0 else None,
-        }
+        record = self._train_record()
         if self.profile is not None:
             record["profile"] = self.profile.summary()
             self.profiles.append(record["profile"])
@@ -414,17 +402,14 @@ class Trainer:
         self._save_last()
         return self.world.broadcast(self._log_epoch(record, improved) if self.main else None)
 
-    def _mid_epoch_validation(self, n_batches: int) -> bool:
-        """``train.eval_every``: validate within the epoch, checkpoint, log; returns True when
-        early stopping says stop. The record carries the batch it was taken at; the epoch's
-        loss sums go on."""
+    def _train_record(self) -> dict[str, Any]:
+        """The epoch's training figures so far (mean losses, time, throughput); raises on a
+        non-finite loss."""
         sums = self.epoch_sums
         self._mean_loss()
         loss, rec, nce = (self.loss_sums / max(sums["batches"], 1)).tolist()
-        record: dict[str, Any] = {
+        return {
             "epoch": self.epoch + 1,
-            "batch": self.batch,
-            "epoch_progress": self.batch / n_batches,
             "step": self.step,
             "train_loss": loss,
             "rec_loss": rec,
@@ -432,6 +417,12 @@ class Trainer:
             "seconds": sums["seconds"],
             "sequences_per_s": sums["sequences"] / sums["seconds"] if sums["seconds"] > 0 else None,
         }
+
+    def _mid_epoch_validation(self, n_batches: int) -> bool:
+        """``train.eval_every``: validate within the epoch, checkpoint, log; returns True when
+        early stopping says stop. The record carries the batch it was taken at; the epoch's
+        loss sums go on."""
+        record = self._train_record() | {"batch": self.batch, "epoch_progress": self.batch / n_batches}
         improved = self._validate(record) if self.main else None
         record, improved, self.best = self.world.broadcast((record, improved, self.best))
         self.history.append(record)

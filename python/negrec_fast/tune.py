@@ -34,15 +34,13 @@ import csv
 import io
 import math
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
 from negrec_fast.config import Config, read_toml, to_toml
 from negrec_fast.errors import ConfigError
-from negrec_fast.run_folder import dataset_path
+from negrec_fast.run_folder import dataset_path, folder_lock
 from negrec_fast.training import _as_config, train
 
 SPEC_FIELDS = ("low", "high", "step", "log", "choices")
@@ -126,7 +124,7 @@ def tune(
     if not any(p.key.startswith("data.") for p in params):
         dataset_path(base, progress=base.train.progress)  # a missing dataset fails before any trial
     folder.mkdir(parents=True, exist_ok=True)
-    with _lock(folder):
+    with folder_lock(folder, f"study folder {folder} is in use by another negrec-fast tune process"):
         study = optuna.create_study(study_name=name, storage=url, direction=direction, load_if_exists=True)
         _check_same_study(study, base, params, folder, url, direction)
         finished = _retry_interrupted(study)
@@ -435,22 +433,6 @@ def _retry_interrupted(study) -> int:
         elif trial.state == TrialState.FAIL and trial.number not in retried:
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
     return finished
-
-
-@contextmanager
-def _lock(folder: Path) -> Iterator[None]:
-    """One tune process per study folder (where fcntl exists)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    with open(folder / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"study folder {folder} is in use by another negrec-fast tune process") from None
-        yield
 
 
 def _storage_url(storage: str | None, folder: Path) -> str:
