@@ -253,3 +253,27 @@ def test_bert4rec_skip_flags_follow_their_plays_through_the_appended_mask():
         assert items.tolist() == [want_items] and shifted.int().tolist() == [want_flags]
         expect = model.project(model.encode(items, shifted))[0, column]
         torch.testing.assert_close(model.next_query(x, skips), expect)
+
+
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec"])
+def test_ffn_inner_dropout_switches_only_the_dropout_after_the_activation(name):
+    from negrec_fast.config import load_config
+    from negrec_fast.models import build_model_for
+
+    def dropouts(model):
+        return [(n, m.p) for n, m in model.named_modules() if isinstance(m, torch.nn.Dropout)]
+
+    on = build_model_for(load_config(overrides=[f"model.name={name}"]), 50)
+    off = build_model_for(load_config(overrides=[f"model.name={name}", "model.ffn_inner_dropout=false"]), 50)
+    assert on.state_dict().keys() == off.state_dict().keys()  # checkpoints stay interchangeable
+    changed = [(a, pa, pb) for (a, pa), (b, pb) in zip(dropouts(on), dropouts(off)) if pa != pb]
+    assert [a for a, _, _ in changed] == [f"blocks.{i}.ffn.2" for i in range(2)]
+    assert all(pa == 0.2 and pb == 0.0 for _, pa, pb in changed)
+
+
+def test_ffn_inner_dropout_is_refused_where_there_is_no_such_block():
+    from negrec_fast.config import load_config
+    from negrec_fast.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ffn_inner_dropout"):
+        load_config(overrides=["model.name=gru4rec", "model.ffn_inner_dropout=false"])

@@ -48,6 +48,9 @@ class ModelConfig:
     d_ff: int = 128
     dropout: float = 0.2
     norm_first: bool = False
+    # SASRec / BERT4Rec: dropout also after the feed-forward activation, as torch's
+    # TransformerEncoderLayer (the papers' code); false = BERT's and RecBole's SASRec block
+    ffn_inner_dropout: bool = True
     mask_prob: float = 0.2  # BERT4Rec masking probability
     skip_inputs: bool = False  # add a learned skip-flag embedding to each input play
     sine_interests: int = 2  # SINE: number K of sub-interest embeddings (>= 2)
@@ -243,6 +246,11 @@ class Config:
                 f"train.early_stopping_metric must be HR@K, NDCG@K or MRR@K with K in eval.ks "
                 f"{self.eval.ks}, or skip_MRR@10 (or, with eval.sine_metrics, one of "
                 f"{', '.join(SINE_METRICS)}); got {self.train.early_stopping_metric!r}"
+            )
+        if not self.model.ffn_inner_dropout and self.model.name not in ("sasrec", "bert4rec"):
+            raise ConfigError(
+                f"model.ffn_inner_dropout = false applies to model.name = 'sasrec' or 'bert4rec', "
+                f"not {self.model.name!r}"
             )
         self._validate_sine()
         self._validate_pnfrec()

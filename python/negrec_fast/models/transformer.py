@@ -22,7 +22,8 @@ from negrec_fast.models.base import (
 class TransformerBlock(nn.Module):
     """Self-attention + GELU feed-forward, post-norm (BERT) or pre-norm."""
 
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float, norm_first: bool):
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float, norm_first: bool,
+                 ffn_inner_dropout: bool = True):
         super().__init__()
         self.n_heads = n_heads
         self.dropout = dropout
@@ -30,7 +31,10 @@ class TransformerBlock(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
         self.ffn = nn.Sequential(
-            nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model)
+            # dropout after the activation too: torch's TransformerEncoderLayer (the papers'
+            # code) has it, BERT's and RecBole's SASRec block do not (ffn_inner_dropout=False)
+            nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(dropout if ffn_inner_dropout else 0.0),
+            nn.Linear(d_ff, d_model),
         )
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
@@ -73,6 +77,7 @@ class TransformerModel(SequentialModel):
         norm_first: bool = False,
         pad_index: int = 0,
         skip_inputs: bool = False,
+        ffn_inner_dropout: bool = True,
     ) -> None:
         super().__init__(vocab_size, max_len, d_model, pad_index, skip_inputs)
         check_positive("n_heads", n_heads)
@@ -86,7 +91,7 @@ class TransformerModel(SequentialModel):
         self.embedding_norm = nn.LayerNorm(d_model)
         self.embedding_dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            TransformerBlock(d_model, n_heads, d_ff, dropout, norm_first) for _ in range(n_layers)
+            TransformerBlock(d_model, n_heads, d_ff, dropout, norm_first, ffn_inner_dropout) for _ in range(n_layers)
         )
         self.final_norm = nn.LayerNorm(d_model) if norm_first else nn.Identity()
 
