@@ -101,9 +101,7 @@ def test_long_labels_keep_the_keys_set_away_from_each_models_defaults():
     from negrec_fast.report import LABEL_CHARS, Run, group_variants
 
     def run(*overrides: str) -> Run:
-        cfg = load_config(overrides=list(overrides)).to_dict()
-        flat = {f"{s}.{k}": v for s, values in cfg.items() for k, v in values.items()}
-        return Run(Path("/none"), flat, {}, [])
+        return Run(Path("/none"), load_config(overrides=list(overrides)).to_flat_dict(), {}, [])
 
     grid = [(), ("loss.nce_weight=0",), ("model.name=bpr",), ("model.name=pnfrec", "model.pnfrec_fusion=gate"),
             ("model.skip_inputs=true", "loss.skip_penalty=none", "loss.nce_weight=0")]

@@ -169,6 +169,10 @@ class Config:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
 
+    def to_flat_dict(self) -> dict[str, Any]:
+        """``{"section.key": value}`` for every key."""
+        return {f"{s}.{k}": v for s, values in self.to_dict().items() for k, v in values.items()}
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Config:
         """Build and validate a config from nested ``{section: {key: value}}``."""

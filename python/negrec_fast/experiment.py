@@ -45,7 +45,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
 from typing import Any, TextIO
@@ -273,7 +273,7 @@ def plan(
         except ConfigError as exc:
             bad.append(f"  {label}: {exc}")
             continue
-        key = repr(sorted((k, repr(v)) for k, v in _flat_config(cfg).items() if k not in IGNORED))
+        key = repr(sorted((k, repr(v)) for k, v in cfg.to_flat_dict().items() if k not in IGNORED))
         if key in seen:
             raise ConfigError(f"{where}: cells {seen[key]} and {label} give the same config; remove one")
         seen[key] = label
@@ -358,11 +358,11 @@ def _check_run_folders(runs: list[Run]) -> None:
             bad.append(f"  {d}: not a run folder (no config.toml)")
             continue
         try:
-            recorded = _flat_config(load_config(d / "config.toml"))
+            recorded = load_config(d / "config.toml").to_flat_dict()
         except ConfigError as exc:
             bad.append(f"  {d}: {exc}")
             continue
-        planned = _flat_config(run.config)
+        planned = run.config.to_flat_dict()
         changed = [f"{k}: {recorded.get(k)!r} -> {v!r}" for k, v in planned.items()
                    if k not in UNCOMPARED and recorded.get(k) != v and not (k == "data.path" and _same_dataset(d, v))]
         if changed:
@@ -443,9 +443,9 @@ def _run_one(run: Run, head: str, result: ExperimentResult, callbacks, stream: T
     tic = time.perf_counter()
     try:
         if state == "interrupted":
-            recorded = _flat_config(load_config(run.run_dir / "config.toml"))
+            recorded = load_config(run.run_dir / "config.toml").to_flat_dict()
             changes = [  # train.threads 0 (torch's count) keeps the count the run started with
-                f"{k}={_text(v)}" for k, v in _flat_config(run.config).items()
+                f"{k}={_text(v)}" for k, v in run.config.to_flat_dict().items()
                 if k in UNCOMPARED & RESUME_OVERRIDES and v != recorded[k] and not (k == "train.threads" and v == 0)
             ]
             out = train(resume=run.run_dir, overrides=changes, callbacks=callbacks)
@@ -560,7 +560,7 @@ def _resolved(raw: dict[str, Any]):
     """``key -> value`` of the config ``raw`` gives (loss.rec follows model.name as in Config), or
     of ``raw`` and the defaults where that config is not valid (yet: a [when] table may fix it)."""
     try:
-        flat = _flat_config(Config.from_dict(raw))
+        flat = Config.from_dict(raw).to_flat_dict()
         return flat.__getitem__
     except ConfigError:
         pass
@@ -579,9 +579,3 @@ def _with_values(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
         section, _, name = key.partition(".")
         out.setdefault(section, {})[name] = value
     return out
-
-
-def _flat_config(cfg: Config) -> dict[str, Any]:
-    return {f"{f.name}.{k}": v for f in fields(cfg) for k, v in getattr(cfg, f.name).__dict__.items()}
-
-

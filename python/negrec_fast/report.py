@@ -65,8 +65,7 @@ def load_runs(run_dirs: list[str | Path]) -> list[Run]:
             raise InputError(f"{d}: not a run folder (no config.toml)")
         if not test_path.is_file():
             raise InputError(f"{test_path}: not found; the run has not finished (resume it with negrec-fast train --resume {d})")
-        cfg = load_config(d / "config.toml").to_dict()
-        flat = {f"{s}.{k}": v for s, values in cfg.items() for k, v in values.items()}
+        flat = load_config(d / "config.toml").to_flat_dict()
         history = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
         runs.append(Run(d, flat, json.loads(test_path.read_text())["test"], history))
     if not runs:
@@ -104,8 +103,7 @@ def group_variants(runs: list[Run]) -> list[Variant]:
 @functools.lru_cache(maxsize=None)
 def _model_defaults(model: str | None) -> dict[str, Any]:
     """The flat default config of ``model`` (model-specific defaults resolved, e.g. its loss)."""
-    cfg = load_config(overrides=[f"model.name={model}"] if model else []).to_dict()
-    return {f"{s}.{k}": v for s, values in cfg.items() for k, v in values.items()}
+    return load_config(overrides=[f"model.name={model}"] if model else []).to_flat_dict()
 
 
 def paired_t_test(a: list[float], b: list[float]) -> float:

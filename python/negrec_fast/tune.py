@@ -375,7 +375,7 @@ def _fmt(value: Any) -> str:
 
 def _check_same_study(study, base: Config, params: list[Param], folder: Path, url: str, direction: str) -> None:
     """Record the base config and space in a new study; refuse to continue one started with others."""
-    flat = {f"{s}.{k}": v for s, values in base.to_dict().items() for k, v in values.items()}
+    flat = base.to_flat_dict()
     setup = {
         "base": {k: v for k, v in flat.items() if k not in UNCOMPARED},
         "space": [asdict(p) for p in params],

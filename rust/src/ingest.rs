@@ -288,7 +288,8 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    const HEADER: &str = "session_id,session_position,session_length,track_id_clean,skip_1,skip_2,skip_3,not_skipped\n";
+    pub(super) const HEADER: &str =
+        "session_id,session_position,session_length,track_id_clean,skip_1,skip_2,skip_3,not_skipped\n";
 
     fn write(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
         let path = dir.join(name);
@@ -296,7 +297,7 @@ mod tests {
         path
     }
 
-    fn options(min_length: usize, max_length: Option<usize>, require_skip: bool) -> Options {
+    pub(super) fn options(min_length: usize, max_length: Option<usize>, require_skip: bool) -> Options {
         Options {
             rules: Rules { min_length, max_length, require_skip, ..Rules::default() },
             split: SplitRule::LeaveLastOut,

@@ -747,10 +747,9 @@ fn merge(built: Built, times: bool, options: &Options, items: &Interner, budget:
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{options, HEADER};
     use super::super::{run, Dataset, EventsSpec, Rules, Signal, SkipRule};
     use super::*;
-
-    const HEADER: &str = "session_id,session_position,session_length,track_id_clean,skip_1,skip_2,skip_3,not_skipped\n";
 
     /// The dataset the columns of a streaming run hold (read back as the in-memory run gives it).
     fn read_back(s: &Streamed) -> Dataset {
@@ -819,15 +818,6 @@ mod tests {
             built.push(s.partitions);
         }
         built
-    }
-
-    fn options(min_length: usize, max_length: Option<usize>, require_skip: bool) -> Options {
-        Options {
-            rules: Rules { min_length, max_length, require_skip, ..Rules::default() },
-            split: SplitRule::LeaveLastOut,
-            skip_bad_rows: false,
-            durations: None,
-        }
     }
 
     /// A pseudo-random generator for test logs.
