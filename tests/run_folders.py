@@ -43,9 +43,10 @@ def tiny(dataset_dir: Path, run_dir: Path, *extra: str, batch_size: int = 32) ->
 
 
 def random_run(dataset_dir: Path, run_dir: Path, model: str = "sasrec", max_len: int = 8, seed: int = 0,
-               skip_inputs: bool = False) -> Path:
+               skip_inputs: bool = False, read_skipped: bool = True) -> Path:
     """``run_dir`` with config, dataset.json and a ``best.pt`` of a tiny random ``model``."""
-    options = {"name": model, "d_model": 16, "n_layers": 1, "dropout": 0.1, "skip_inputs": skip_inputs}
+    options = {"name": model, "d_model": 16, "n_layers": 1, "dropout": 0.1, "skip_inputs": skip_inputs,
+               "read_skipped": read_skipped}
     if model != "gru4rec":
         options.update(n_heads=2, d_ff=16)
     cfg = Config.from_dict({"data": {"path": str(dataset_dir), "max_len": max_len}, "model": options})

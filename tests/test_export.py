@@ -26,7 +26,9 @@ CASES = [("sasrec", "export"), ("bert4rec", "export"), ("gru4rec", "export"), ("
          ("bert4rec", "onnx"), ("gru4rec", "onnx"),
          # skip-aware inputs: a second graph input, the skip flags
          ("sasrec+skips", "export"), ("gru4rec+skips", "export"), ("bert4rec+skips", "torchscript"),
-         ("sasrec+skips", "onnx"), ("gru4rec+skips", "onnx")]
+         ("sasrec+skips", "onnx"), ("gru4rec+skips", "onnx"),
+         # an encoder that reads the kept plays only: the flags are an input too
+         ("sasrec+kept", "export"), ("sasrec+kept", "onnx")]
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +43,7 @@ def runs(dataset_dir, tmp_path_factory) -> dict[str, Path]:
     for m in ("sasrec", "bert4rec", "gru4rec"):
         runs[m] = random_run(dataset_dir, root / m, model=m, max_len=MAX_LEN, seed=1)
         runs[f"{m}+skips"] = random_run(dataset_dir, root / f"{m}+skips", model=m, max_len=MAX_LEN, seed=1, skip_inputs=True)
+    runs["sasrec+kept"] = random_run(dataset_dir, root / "sasrec+kept", max_len=MAX_LEN, seed=1, read_skipped=False)
     return runs
 
 
@@ -84,8 +87,8 @@ def test_exported_scores_match_eager(runs, tmp_path, model, format):
     out = export(runs[model], tmp_path / "out", format=format)
     meta = json.loads((out / "export.json").read_text())
     assert meta["graph"] == {"export": "query.pt2", "torchscript": "query.ts", "onnx": "query.onnx"}[format]
-    aware = model.endswith("+skips")
-    assert meta["max_len"] == MAX_LEN and meta["model"] == model.removesuffix("+skips")
+    aware = "+" in model
+    assert meta["max_len"] == MAX_LEN and meta["model"] == model.split("+")[0]
     assert (meta["skips_input"] is not None) == aware
     rec = Recommender.load(runs[model])
     with pa.memory_map(str(out / "vocab.arrow")) as f:

@@ -51,6 +51,9 @@ class ModelConfig:
     # SASRec / BERT4Rec: dropout also after the feed-forward activation, as torch's
     # TransformerEncoderLayer (the papers' code); false = BERT's and RecBole's SASRec block
     ffn_inner_dropout: bool = True
+    # SASRec / BERT4Rec: false = the encoder reads the kept plays only (a skipped play is masked
+    # like padding); skipped plays still enter the losses (skip penalty, skip-InfoNCE)
+    read_skipped: bool = True
     mask_prob: float = 0.2  # BERT4Rec masking probability
     skip_inputs: bool = False  # add a learned skip-flag embedding to each input play
     sine_interests: int = 2  # SINE: number K of sub-interest embeddings (>= 2)
@@ -256,6 +259,13 @@ class Config:
                 f"model.ffn_inner_dropout = false applies to model.name = 'sasrec' or 'bert4rec', "
                 f"not {self.model.name!r}"
             )
+        if not self.model.read_skipped:
+            if self.model.name not in ("sasrec", "bert4rec"):
+                raise ConfigError(
+                    f"model.read_skipped = false applies to model.name = 'sasrec' or 'bert4rec', not {self.model.name!r}"
+                )
+            if self.model.skip_inputs:
+                raise ConfigError("model.skip_inputs flags skipped input plays, which model.read_skipped = false does not read")
         self._validate_sine()
         self._validate_pnfrec()
         self._validate_matrix_factorization()

@@ -202,7 +202,8 @@ class _RankRows:
       are copied in (detached).
     - Computations every rank repeats on the same values pass 1/N of their gradient:
       ``embed`` of the global batch and parameters read directly (``item_weight``, ...).
-    - ``mask_items`` masks the global batch with the shared generator.
+    - ``mask_items`` masks the global batch with the shared generator; ``has_context`` reads
+      the global batch (no parameters).
     """
 
     def __init__(self, model: nn.Module, world: World, n_rows: int):
@@ -227,6 +228,9 @@ class _RankRows:
 
     def mask_items(self, items: Tensor, *args: Any, **kwargs: Any):
         return self._model.mask_items(items, *args, **kwargs)
+
+    def has_context(self, items: Tensor, skips: Tensor | None = None) -> Tensor:
+        return self._model.has_context(items, skips)  # no parameters: every rank computes the same
 
     def __getattr__(self, name: str) -> Tensor:
         value = getattr(self._model, name)

@@ -4,8 +4,8 @@ and the vocabulary.
 ``OUT/`` holds ``query.pt2`` (``torch.export``), ``query.onnx`` (its weights may sit beside it
 in ``query.onnx.data``: keep the folder together) or ``query.ts`` (TorchScript):
 ``items`` int64 ``[batch, max_len]`` (dynamic batch), and for a model trained with
-``model.skip_inputs`` (or a ``bpr`` / ``wrmf`` model, whose query is built from the kept plays)
-also ``skips`` bool ``[batch, max_len]`` (True where that input play was skipped) -> ``query``
+``model.skip_inputs`` or ``model.read_skipped = false`` (or a ``bpr`` / ``wrmf`` model, whose
+query is built from the kept plays) also ``skips`` bool ``[batch, max_len]`` (True where that input play was skipped) -> ``query``
 float32 ``[batch, d]``;
 ``item_embeddings.npy`` (float32 ``[V, d]``, the tied item table); ``vocab.arrow`` (column
 ``item``: the original id of each internal id) and ``export.json`` (shapes, ids, scoring).
@@ -183,8 +183,9 @@ def export(
 
 
 def _reads_skips(config) -> bool:
-    """Whether the query reads the skip flags: skip-aware inputs, or a matrix-factorisation model."""
-    return config.model.skip_inputs or config.model.name in ("bpr", "wrmf")
+    """Whether the query reads the skip flags: skip-aware inputs, an encoder that reads the kept plays
+    only, or a matrix-factorisation model."""
+    return config.model.skip_inputs or not config.model.read_skipped or config.model.name in ("bpr", "wrmf")
 
 
 def _write_meta(folder: Path, rec, run_dir: str | PathLike[str], format: str, checkpoint: str) -> None:

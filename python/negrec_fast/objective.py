@@ -96,8 +96,9 @@ class Objective:
         else:
             inputs, input_skips = items[:, :-1], skips[:, :-1]
             targets, target_skips = items[:, 1:], skips[:, 1:]
-            # a session's first play has no context to be predicted from
-            targets = targets.masked_fill(inputs == 0, 0)
+            # a session's first play (with model.read_skipped=false: its first kept play) has
+            # no context to be predicted from
+            targets = targets.masked_fill(~model.has_context(inputs, input_skips), 0)
             hidden = model.encode(inputs, input_skips)
         if self.cfg.skipped_targets == "ignore":
             targets = targets.masked_fill(target_skips, 0)

@@ -43,7 +43,7 @@ def build_model_for(cfg: Config, vocab_size: int) -> SequentialModel:
     if m.name in ("sasrec", "bert4rec", "sine", "pnfrec"):
         options.update(n_heads=m.n_heads, n_layers=m.n_layers, d_ff=m.d_ff, norm_first=m.norm_first)
         if m.name in ("sasrec", "bert4rec"):
-            options.update(ffn_inner_dropout=m.ffn_inner_dropout)
+            options.update(ffn_inner_dropout=m.ffn_inner_dropout, read_skipped=m.read_skipped)
         if m.name == "sine":
             options.update(n_interests=m.sine_interests)
         if m.name == "pnfrec":

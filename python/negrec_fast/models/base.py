@@ -37,6 +37,19 @@ def positions_from_first_real(real: Tensor) -> Tensor:
     return (real.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
+def carry_forward(states: Tensor, plays: Tensor) -> Tensor:
+    """``[B, L, d]``: at column ``i`` the ``states`` row at the last ``plays`` column ``<= i``
+    (zeros where there is none), so a column that was not read holds the state after the
+    last play that was."""
+    length = plays.shape[1]
+    columns = torch.arange(length, device=plays.device)
+    earlier = torch.ones(length, length, dtype=torch.bool, device=plays.device).tril()
+    # [B, L]: the last play column <= i (a max over [L, L], not cummax: ONNX has no cummax)
+    last = torch.where(plays[:, None, :] & earlier, columns, -1).amax(dim=-1)
+    filled = states.gather(1, last.clamp(min=0)[..., None].expand(-1, -1, states.shape[-1]))
+    return filled * (last >= 0)[..., None]
+
+
 class SequentialModel(nn.Module):
     """Base class: tied item embeddings, the Linear+GELU output head and the common interface.
 
@@ -92,6 +105,11 @@ class SequentialModel(nn.Module):
             flags = torch.zeros_like(items) if skips is None else skips.long() * (items != self.pad_index)
             x = x + self.skip_embedding(flags)
         return x
+
+    def has_context(self, items: Tensor, skips: Tensor | None = None) -> Tensor:
+        """``[B, L]`` bool: whether the state at a column reads any play (padding: no); a
+        target after a column without context is not trained on."""
+        return items != self.pad_index
 
     def encode(self, items: Tensor, skips: Tensor | None = None) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -32,10 +32,11 @@ class BERT4Rec(TransformerModel):
         mask_index: int = 1,
         skip_inputs: bool = False,
         ffn_inner_dropout: bool = True,
+        read_skipped: bool = True,
     ) -> None:
         super().__init__(
             vocab_size, max_len, d_model, n_heads, n_layers, d_ff, dropout, norm_first, pad_index, skip_inputs,
-            ffn_inner_dropout,
+            ffn_inner_dropout, read_skipped,
         )
         if not 0 <= mask_index < N_RESERVED or mask_index == self.pad_index:
             raise ValueError(

@@ -68,6 +68,7 @@ from torch import Tensor, nn
 
 from negrec_fast.models.base import (
     SequentialModel,
+    carry_forward,
     check_dropout,
     check_positive,
     positions_from_first_real,
@@ -159,11 +160,7 @@ class PNFRec(SequentialModel):
 
     def _states(self, encoder: CausalEncoder, items: Tensor, plays: Tensor) -> Tensor:
         """``encoder`` over the ``plays`` of each row, its output carried forward to the columns after each."""
-        out = encoder(self.item_embedding(items.masked_fill(~plays, self.pad_index)), plays)
-        columns = torch.arange(items.shape[1], device=items.device)
-        last = torch.where(plays, columns, -1).cummax(dim=1).values  # last play of this kind <= i
-        filled = out.gather(1, last.clamp(min=0)[..., None].expand(-1, -1, out.shape[-1]))
-        return filled * (last >= 0)[..., None]
+        return carry_forward(encoder(self.item_embedding(items.masked_fill(~plays, self.pad_index)), plays), plays)
 
     def fuse(self, hidden: Tensor) -> Tensor:
         """``[..., d]`` fused state of ``[..., 2d]`` (positive half, negative half)."""

@@ -3,6 +3,12 @@
 Seshadri & Knees (2023/2024) setup by default: 2 layers, d=128, 8 heads, FFN 128, dropout
 0.2, learned positional embeddings. Padding keys are masked; a padding position attends
 only to itself (so no attention row is empty and nothing is NaN) and its output is zeroed.
+
+``read_skipped=False`` makes the encoder read the kept plays only: skipped keys are masked
+like padding, positions count kept plays, and a skipped column carries the state of the last
+kept play before it. The state at a kept play is then the one the model would compute on the
+session with its skipped plays removed; the skipped plays still enter the losses (skip
+penalty, skip-InfoNCE negatives).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from torch import Tensor, nn
 
 from negrec_fast.models.base import (
     SequentialModel,
+    carry_forward,
     check_dropout,
     check_positive,
     positions_from_first_real,
@@ -78,8 +85,12 @@ class TransformerModel(SequentialModel):
         pad_index: int = 0,
         skip_inputs: bool = False,
         ffn_inner_dropout: bool = True,
+        read_skipped: bool = True,
     ) -> None:
+        if skip_inputs and not read_skipped:
+            raise ValueError("skip_inputs flags the skipped input plays, which read_skipped=False does not read")
         super().__init__(vocab_size, max_len, d_model, pad_index, skip_inputs)
+        self.read_skipped = read_skipped
         check_positive("n_heads", n_heads)
         check_positive("n_layers", n_layers)
         check_positive("d_ff", d_ff)
@@ -103,13 +114,28 @@ class TransformerModel(SequentialModel):
             allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=real.device).tril()
         return allowed | torch.eye(length, dtype=torch.bool, device=real.device)
 
-    def encode(self, items: Tensor, skips: Tensor | None = None) -> Tensor:
-        """``[B, L, d]`` hidden state at every position (zeros at padding)."""
-        self.check_items(items)
+    def read_plays(self, items: Tensor, skips: Tensor | None) -> Tensor:
+        """``[B, L]`` bool: the plays the encoder reads (not padding; kept only unless ``read_skipped``)."""
         real = items != self.pad_index
-        x = self.input_embedding(items, skips) + self.position_embedding(positions_from_first_real(real))
+        if self.read_skipped or skips is None:
+            return real
+        return real & ~skips.bool()
+
+    def has_context(self, items: Tensor, skips: Tensor | None = None) -> Tensor:
+        """``[B, L]`` bool: a play the encoder reads lies at or before the column."""
+        return (self.read_plays(items, skips).long().cumsum(dim=1) > 0) & (items != self.pad_index)
+
+    def encode(self, items: Tensor, skips: Tensor | None = None) -> Tensor:
+        """``[B, L, d]`` hidden state at every position (zeros at padding; module docstring
+        for ``read_skipped=False``)."""
+        self.check_items(items)
+        read = self.read_plays(items, skips)
+        x = self.input_embedding(items, skips) + self.position_embedding(positions_from_first_real(read))
         x = self.embedding_dropout(self.embedding_norm(x))
-        allowed = self.attention_mask(real)
+        allowed = self.attention_mask(read)
         for block in self.blocks:
             x = block(x, allowed)
-        return self.final_norm(x) * real[..., None]
+        hidden = self.final_norm(x) * read[..., None]
+        if self.read_skipped:
+            return hidden
+        return carry_forward(hidden, read)
