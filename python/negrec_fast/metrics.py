@@ -46,16 +46,18 @@ def _check_scores_targets(scores: Tensor, targets: Tensor) -> None:
         )
 
 
-def _rank_of(target_scores: Tensor, candidate_scores: Tensor, not_target: Tensor) -> Ranks:
+def _rank_of(target_scores: Tensor, candidate_scores: Tensor, holds_target: bool) -> Ranks:
     """Ranks of the targets among the candidates other than the target, ``-inf`` excluded.
 
-    For a finite target, ``>`` and ``==`` already leave out ``-inf`` and NaN candidates; the
-    target's own candidate column (``~not_target``) is the one tie taken back."""
+    For a finite target, ``>`` and ``==`` already leave out ``-inf`` and NaN candidates; when
+    the candidates hold the target's own column (``holds_target``), that column is the one tie
+    taken back. An unrankable (NaN or ``-inf``) target gets the worst rank, after every other
+    candidate."""
     target = target_scores[:, None]
     best = 1 + (candidate_scores > target).sum(dim=1)
-    ties = (candidate_scores == target).sum(dim=1) - (~not_target).sum(dim=1)
+    ties = (candidate_scores == target).sum(dim=1) - int(holds_target)
     unrankable = torch.isnan(target_scores) | torch.isneginf(target_scores)
-    worst = 1 + not_target.sum(dim=1)
+    worst = candidate_scores.shape[1] + 1 - int(holds_target)
     return Ranks(torch.where(unrankable, worst, best), torch.where(unrankable, 0, ties))
 
 
@@ -76,9 +78,7 @@ def target_ranks(scores: Tensor, targets: Tensor, exclude: Tensor | None = None)
             raise ValueError(f"exclude must be [B, M] with B={b}, got shape {tuple(exclude.shape)}")
         drop = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, exclude.long(), True)
         scores = scores.masked_fill(drop, float("-inf"))
-    not_target = torch.ones_like(scores, dtype=torch.bool)
-    not_target[rows, targets] = False
-    return _rank_of(scores[rows, targets], scores, not_target)
+    return _rank_of(scores[rows, targets], scores, holds_target=True)
 
 
 def sampled_ranks(scores: Tensor, targets: Tensor, n_candidates: int, generator: torch.Generator) -> Ranks:
@@ -98,7 +98,7 @@ def sampled_ranks(scores: Tensor, targets: Tensor, n_candidates: int, generator:
     keys[rows, targets] = float("inf")
     candidates = keys.topk(n_candidates, dim=1, largest=False).indices
     candidate_scores = scores.gather(1, candidates)
-    return _rank_of(scores[rows, targets], candidate_scores, torch.ones_like(candidates, dtype=torch.bool))
+    return _rank_of(scores[rows, targets], candidate_scores, holds_target=False)
 
 
 def _expected(ranks: Ranks | Tensor, k: int, gain) -> Tensor:
