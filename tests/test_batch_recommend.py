@@ -28,9 +28,12 @@ def dataset_dir(tmp_path_factory) -> Path:
     return generated_dataset(tmp_path_factory.mktemp("batchrec"), n_sessions=150, n_items=120, seed=5)
 
 
-@pytest.fixture(scope="module", params=["sasrec", "gru4rec"])
+@pytest.fixture(scope="module", params=["sasrec", "gru4rec", "sasrec+kept"])
 def run(request, dataset_dir, tmp_path_factory) -> Path:
-    return random_run(dataset_dir, tmp_path_factory.mktemp("runs") / request.param, model=request.param, max_len=MAX_LEN)
+    """A random run; "sasrec+kept" reads the kept plays only (its query needs the skip flags)."""
+    model = request.param.split("+")[0]
+    return random_run(dataset_dir, tmp_path_factory.mktemp("runs") / request.param, model=model, max_len=MAX_LEN,
+                      read_skipped=request.param != "sasrec+kept")
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +89,8 @@ def test_batch_equals_single_session_api(run, events_csv, sessions, tmp_path, k,
     assert set(rows) == set(sessions)
     for key, plays in sessions.items():
         single = rec.recommend(
-            [t for t, _ in plays], skipped=[t for t, sk in plays if sk] if exclude_skipped else [], k=k,
-            exclude_seen=exclude_seen,
+            [t for t, _ in plays], skips=[sk for _, sk in plays],
+            skipped=[t for t, sk in plays if sk] if exclude_skipped else [], k=k, exclude_seen=exclude_seen,
         )
         assert_same_ranking(rows[key]["items"], rows[key]["scores"], single)
         assert rows[key]["n_unknown"] == n_unknown(plays)
@@ -159,3 +162,22 @@ def test_run_folder_errors_name_the_file(run, dataset_dir, tmp_path):
     with pytest.raises(InputError, match=r"dataset\.json: not found"):
         Recommender.load(no_vocab)
 
+
+
+def test_per_play_skip_flags(run, sessions):
+    rec = Recommender.load(run)
+    with pytest.raises(ValueError, match="one flag per play"):
+        rec.recommend(["a", "b"], skips=[True])
+    if not run.name.endswith("+kept"):
+        return
+    # reading the kept plays only: a session scores as its kept plays alone (within max_len plays)
+    compared = 0
+    for plays in sessions.values():
+        plays = plays[:MAX_LEN]
+        kept = [t for t, sk in plays if not sk]
+        if not kept or len(kept) == len(plays):
+            continue
+        got = rec.recommend([t for t, _ in plays], skips=[sk for _, sk in plays], k=10)
+        assert_same_ranking(got.items, got.scores, rec.recommend(kept, k=10))
+        compared += 1
+    assert compared > 10

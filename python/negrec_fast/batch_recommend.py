@@ -157,8 +157,8 @@ def recommend_sessions(
 ) -> Iterator[pa.RecordBatch]:
     """Record batches ``session, items (list<string>), scores (list<float>), n_unknown``.
 
-    Row ``s`` equals ``rec.recommend(plays, skipped=skipped plays if exclude_skipped,
-    k=k, exclude_seen=exclude_seen)``: fewer than ``k`` items only when exclusions leave
+    Row ``s`` equals ``rec.recommend(plays, skips=its skip flags, skipped=skipped plays if
+    exclude_skipped, k=k, exclude_seen=exclude_seen)``: fewer than ``k`` items only when exclusions leave
     fewer candidates.
     """
     if k < 1:

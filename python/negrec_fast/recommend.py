@@ -39,7 +39,13 @@ class Recommender:
 
     @torch.no_grad()
     def recommend(
-        self, session: Sequence[str], *, skipped: Sequence[str] = (), k: int = 10, exclude_seen: bool = False
+        self,
+        session: Sequence[str],
+        *,
+        skips: Sequence[bool] | None = None,
+        skipped: Sequence[str] = (),
+        k: int = 10,
+        exclude_seen: bool = False,
     ) -> Recommendation:
         """Top-``k`` next tracks after ``session`` (original ids, in play order).
 
@@ -49,9 +55,15 @@ class Recommender:
         tracks (e.g. the session's skipped ones) never to recommend, whatever ``exclude_seen``;
         evaluation has no such list. Unknown ids are dropped from the input and reported in
         ``unknown``.
+
+        ``skips``: one flag per play of ``session`` (True = skipped), what a skip-aware model
+        (``model.skip_inputs``, ``model.read_skipped = false``) reads; without it, a play of a
+        track listed in ``skipped`` counts as skipped.
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        if skips is not None and len(skips) != len(session):
+            raise ValueError(f"skips must hold one flag per play: {len(skips)} flags for {len(session)} plays")
         ids, unknown = self.dataset.encode(list(session))
         ids = np.asarray(ids, dtype=np.int64)
         known = ids[ids >= 2]
@@ -59,11 +71,16 @@ class Recommender:
         unknown = list(unknown) + [s for s in unknown_skipped if s not in unknown]
         max_len = self.config.data.max_len
         inputs = np.zeros((1, max_len), dtype=np.int64)
-        flags = np.zeros((1, max_len), dtype=bool)  # a play of a skipped track is a skipped play
+        flags = np.zeros((1, max_len), dtype=bool)
+        if skips is not None:
+            missing = set(unknown)
+            play_flags = np.asarray([bool(f) for key, f in zip(session, skips) if key not in missing], dtype=bool)
+        else:  # a play of a skipped track is a skipped play
+            play_flags = np.isin(known, np.asarray(skipped_ids, dtype=np.int64))
         tail = known[-max_len:]
         if len(tail):
             inputs[0, max_len - len(tail):] = tail
-            flags[0, max_len - len(tail):] = np.isin(tail, np.asarray(skipped_ids, dtype=np.int64))
+            flags[0, max_len - len(tail):] = play_flags[-max_len:]
         x = torch.from_numpy(inputs).to(self.device)
         scores = self.model.score_all(self.model.next_query(x, torch.from_numpy(flags).to(self.device)))[0].float()
         banned = [int(i) for i in np.asarray(skipped_ids) if i >= 2]
