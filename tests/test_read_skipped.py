@@ -114,3 +114,19 @@ def test_read_skipped_is_refused_where_it_does_not_apply():
         load_config(overrides=["model.skip_inputs=true", "model.read_skipped=false"])
     with pytest.raises(ValueError, match="read_skipped"):
         build_model("sasrec", 40, read_skipped=False, skip_inputs=True)
+
+
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec"])
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("read_skipped", [True, False])
+def test_the_state_at_one_column_equals_that_column_of_the_full_pass(name, norm_first, read_skipped):
+    """``encode(at=...)`` (the last block computes one column: next_query, evaluation, serving)."""
+    torch.manual_seed(0)
+    model = build_model(name, 40, max_len=8, norm_first=norm_first, read_skipped=read_skipped, **SMALL).eval()
+    items, skips = sessions(8)
+    rows = torch.arange(items.shape[0])
+    with torch.no_grad():
+        full = model.encode(items, skips)
+        for column in range(items.shape[1]):
+            at = torch.full((items.shape[0],), column)
+            torch.testing.assert_close(model.encode(items, skips, at=at), full[rows, at])

@@ -116,5 +116,4 @@ class BERT4Rec(TransformerModel):
             with_mask, column = self.append_mask(items)
         else:
             with_mask, column, skips = self.append_mask(items, skips)
-        hidden = self.encode(with_mask, skips)
-        return self.project(hidden[torch.arange(items.shape[0], device=items.device), column])
+        return self.project(self.encode(with_mask, skips, at=column))

@@ -47,9 +47,17 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)
 
-    def attention(self, x: Tensor, allowed: Tensor) -> Tensor:
+    def attention(self, x: Tensor, allowed: Tensor, source: Tensor | None = None) -> Tensor:
+        """Attention of the queries ``x [B, Lq, d]`` over the keys and values of ``source``
+        (``x`` itself when None) under ``allowed [B, 1, Lq, Lk]``."""
         b, length, d = x.shape
-        q, k, v = self.qkv(x).view(b, length, 3, self.n_heads, d // self.n_heads).unbind(2)
+        shape = (self.n_heads, d // self.n_heads)
+        if source is None:
+            q, k, v = self.qkv(x).view(b, length, 3, *shape).unbind(2)
+        else:  # queries of a few columns only: project them apart from the keys and values
+            weight, bias = self.qkv.weight, self.qkv.bias
+            q = F.linear(x, weight[:d], bias[:d]).view(b, length, *shape)
+            k, v = F.linear(source, weight[d:], bias[d:]).view(b, source.shape[1], 2, *shape).unbind(2)
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2),
             k.transpose(1, 2),
@@ -59,12 +67,22 @@ class TransformerBlock(nn.Module):
         )
         return self.out(out.transpose(1, 2).reshape(b, length, d))
 
-    def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
+    def forward(self, x: Tensor, allowed: Tensor, at: Tensor | None = None) -> Tensor:
+        """``[B, L, d]``; with ``at [B]`` only that column of each row, ``[B, 1, d]`` (its queries
+        read every column's keys and values: the same values, a fraction of the work)."""
+        if at is None:
+            if self.norm_first:
+                x = x + self.drop(self.attention(self.norm1(x), allowed))
+                return x + self.drop(self.ffn(self.norm2(x)))
+            x = self.norm1(x + self.drop(self.attention(x, allowed)))
+            return self.norm2(x + self.drop(self.ffn(x)))
+        rows = torch.arange(x.shape[0], device=x.device)
+        h, mask = x[rows, at][:, None], allowed[rows, :, at][:, :, None]
         if self.norm_first:
-            x = x + self.drop(self.attention(self.norm1(x), allowed))
-            return x + self.drop(self.ffn(self.norm2(x)))
-        x = self.norm1(x + self.drop(self.attention(x, allowed)))
-        return self.norm2(x + self.drop(self.ffn(x)))
+            h = h + self.drop(self.attention(self.norm1(h), mask, self.norm1(x)))
+            return h + self.drop(self.ffn(self.norm2(h)))
+        h = self.norm1(h + self.drop(self.attention(h, mask, x)))
+        return self.norm2(h + self.drop(self.ffn(h)))
 
 
 class TransformerModel(SequentialModel):
@@ -125,17 +143,30 @@ class TransformerModel(SequentialModel):
         """``[B, L]`` bool: a play the encoder reads lies at or before the column."""
         return (self.read_plays(items, skips).long().cumsum(dim=1) > 0) & (items != self.pad_index)
 
-    def encode(self, items: Tensor, skips: Tensor | None = None) -> Tensor:
+    def encode(self, items: Tensor, skips: Tensor | None = None, at: Tensor | None = None) -> Tensor:
         """``[B, L, d]`` hidden state at every position (zeros at padding; module docstring
-        for ``read_skipped=False``)."""
+        for ``read_skipped=False``); with ``at [B]``, only ``[B, d]``, the state at that column of
+        each row (the last block computes that column alone)."""
         self.check_items(items)
         read = self.read_plays(items, skips)
+        if at is not None and not self.read_skipped:  # the state of the last kept play <= at
+            columns = torch.arange(items.shape[1], device=items.device)
+            at = torch.where(read & (columns <= at[:, None]), columns, -1).amax(dim=1).clamp(min=0)
         x = self.input_embedding(items, skips) + self.position_embedding(positions_from_first_real(read))
         x = self.embedding_dropout(self.embedding_norm(x))
         allowed = self.attention_mask(read)
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             x = block(x, allowed)
+        x = self.blocks[-1](x, allowed, at)
+        if at is not None:
+            rows = torch.arange(items.shape[0], device=items.device)
+            return self.final_norm(x[:, 0]) * read[rows, at][:, None]
         hidden = self.final_norm(x) * read[..., None]
         if self.read_skipped:
             return hidden
         return carry_forward(hidden, read)
+
+    def next_query(self, items: Tensor, skips: Tensor | None = None) -> Tensor:
+        """``[B, d]`` query for the item after each row's last play (the last block computes
+        that column only)."""
+        return self.project(self.encode(items, skips, at=self.last_real_index(items)))
