@@ -19,6 +19,16 @@ def check_dropout(value: float) -> None:
         raise ValueError(f"dropout must be in [0, 1), got {value!r}")
 
 
+def check_transformer(d_model: int, n_heads: int, n_layers: int, d_ff: int, dropout: float) -> None:
+    """The shape and dropout of a Transformer encoder stack."""
+    check_positive("n_heads", n_heads)
+    check_positive("n_layers", n_layers)
+    check_positive("d_ff", d_ff)
+    check_dropout(dropout)
+    if d_model % n_heads:
+        raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+
+
 def check_vocab(vocab_size: int, pad_index: int) -> None:
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= N_RESERVED:
         raise ValueError(
@@ -41,11 +51,8 @@ def carry_forward(states: Tensor, plays: Tensor) -> Tensor:
     """``[B, L, d]``: at column ``i`` the ``states`` row at the last ``plays`` column ``<= i``
     (zeros where there is none), so a column that was not read holds the state after the
     last play that was."""
-    length = plays.shape[1]
-    columns = torch.arange(length, device=plays.device)
-    earlier = torch.ones(length, length, dtype=torch.bool, device=plays.device).tril()
-    # [B, L]: the last play column <= i (a max over [L, L], not cummax: ONNX has no cummax)
-    last = torch.where(plays[:, None, :] & earlier, columns, -1).amax(dim=-1)
+    columns = torch.arange(plays.shape[1], device=plays.device)
+    last = torch.where(plays, columns, -1).cummax(dim=1).values  # the last play column <= i
     filled = states.gather(1, last.clamp(min=0)[..., None].expand(-1, -1, states.shape[-1]))
     return filled * (last >= 0)[..., None]
 

@@ -69,8 +69,7 @@ from torch import Tensor, nn
 from negrec_fast.models.base import (
     SequentialModel,
     carry_forward,
-    check_dropout,
-    check_positive,
+    check_transformer,
     positions_from_first_real,
 )
 from negrec_fast.models.transformer import TransformerBlock
@@ -134,12 +133,7 @@ class PNFRec(SequentialModel):
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {', '.join(map(repr, FUSIONS))}, got {fusion!r}")
         super().__init__(vocab_size, max_len, d_model, pad_index)
-        check_positive("n_heads", n_heads)
-        check_positive("n_layers", n_layers)
-        check_positive("d_ff", d_ff)
-        check_dropout(dropout)
-        if d_model % n_heads:
-            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        check_transformer(d_model, n_heads, n_layers, d_ff, dropout)
         self.fusion = fusion
         self.positive = CausalEncoder(max_len, d_model, n_heads, n_layers, d_ff, dropout, norm_first)
         self.negative = CausalEncoder(max_len, d_model, n_heads, n_layers, d_ff, dropout, norm_first)

@@ -1,8 +1,8 @@
 """SINE (Pan et al., RecSys 2023): sub-interests of a SASRec encoding of the kept plays,
 fused adaptively into the user vector that scores items.
 
-- The encoder is SASRec over each session's *kept* plays only (skipped plays are dropped
-  from the input, not flagged).
+- The encoder is SASRec over each session's *kept* plays only (``read_skipped=False``: skipped
+  plays are masked out of the input, not flagged).
 - ``K`` interest embeddings ``e_k`` turn the hidden state ``h`` into sub-interests
   ``h_k = h + sigmoid(h * e_k) * h``.
 - Adaptive fusion, as published: weights ``w_k = softmax_k(W [h_k; v_i] + b)`` for candidate
@@ -19,7 +19,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from negrec_fast.losses.sine import kept_plays
 from negrec_fast.models.sasrec import SASRec
 
 
@@ -29,7 +28,7 @@ class SINE(SASRec):
     ``SINE(vocab_size, max_len=20, d_model=128, n_heads=8, n_layers=2, d_ff=128, dropout=0.2,
     norm_first=False, pad_index=0, n_interests=2)``. ``project(hidden)`` is the fused user
     vector (it replaces the Linear+GELU head); ``encode(items, skips)`` reads the kept plays
-    of each row, right-aligned (see :meth:`encode`).
+    of each row (a skipped column holds the state after the last kept play before it).
     """
 
     def __init__(
@@ -50,18 +49,13 @@ class SINE(SASRec):
             raise ValueError("SINE reads the kept plays only: skip_inputs does not apply")
         if isinstance(n_interests, bool) or not isinstance(n_interests, int) or n_interests < 2:
             raise ValueError(f"n_interests must be an integer >= 2, got {n_interests!r}")
-        super().__init__(vocab_size, max_len, d_model, n_heads, n_layers, d_ff, dropout, norm_first, pad_index)
+        # the SASRec encoder reads the kept plays only (read_skipped=False): skipped plays are
+        # passive negatives of the loss, never part of the user's interests
+        super().__init__(vocab_size, max_len, d_model, n_heads, n_layers, d_ff, dropout, norm_first, pad_index,
+                         read_skipped=False)
         self.head = None  # the interest fusion is the output head
         self.interests = nn.Parameter(torch.randn(n_interests, d_model) * d_model**-0.5)
         self.fusion = nn.Linear(d_model, 1, bias=False)
-
-    def encode(self, items: Tensor, skips: Tensor | None = None) -> Tensor:
-        """``[B, L, d]`` hidden states of each row's kept plays, moved to the right (left
-        padding, most recent last): with ``skips``, column ``i`` is the ``i``-th column of
-        ``kept_plays(items, skips)``, not of ``items``."""
-        if skips is not None:
-            items = kept_plays(items, skips, self.pad_index)
-        return super().encode(items)
 
     def sub_interests(self, hidden: Tensor) -> Tensor:
         """``[..., K, d]`` sub-interests ``h_k = h + sigmoid(h * e_k) * h`` of ``hidden [..., d]``."""
@@ -76,7 +70,3 @@ class SINE(SASRec):
         """``[..., d]`` user vector ``sum_k w_k h_k``; scores are ``project(h) @ item_weight.T``."""
         sub = self.sub_interests(hidden)
         return (self.fusion_weights(sub)[..., None] * sub).sum(dim=-2)
-
-    def next_query(self, items: Tensor, skips: Tensor | None = None) -> Tensor:
-        """``[B, d]`` user vector after each row's last kept play (skipped plays are dropped)."""
-        return self.project(self.encode(items, skips)[:, -1])

@@ -20,8 +20,7 @@ from torch import Tensor, nn
 from negrec_fast.models.base import (
     SequentialModel,
     carry_forward,
-    check_dropout,
-    check_positive,
+    check_transformer,
     positions_from_first_real,
 )
 
@@ -109,12 +108,7 @@ class TransformerModel(SequentialModel):
             raise ValueError("skip_inputs flags the skipped input plays, which read_skipped=False does not read")
         super().__init__(vocab_size, max_len, d_model, pad_index, skip_inputs)
         self.read_skipped = read_skipped
-        check_positive("n_heads", n_heads)
-        check_positive("n_layers", n_layers)
-        check_positive("d_ff", d_ff)
-        check_dropout(dropout)
-        if d_model % n_heads:
-            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        check_transformer(d_model, n_heads, n_layers, d_ff, dropout)
         self.position_embedding = nn.Embedding(max_len, d_model)
         nn.init.normal_(self.position_embedding.weight, std=0.02)
         self.embedding_norm = nn.LayerNorm(d_model)
